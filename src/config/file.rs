@@ -1,0 +1,364 @@
+//! Raw configuration, exactly as written in the TOML file.
+//!
+//! These types only describe the file's shape: every table denies unknown keys, and the
+//! checks that concern a single value (a duration, a URL, a cookie name) live in the
+//! `Deserialize` of a newtype so that toml's error carries the line and column. The
+//! checks that need several values (overlapping routes, a listener without certificates)
+//! run afterwards in `super::validate`. Request-path code never sees these types.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{de, Deserialize, Deserializer};
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// TLS listener.
+    pub listen: Option<Spanned<String>>,
+    /// Plain-HTTP listener, only for deployments where TLS already ends in front of us.
+    pub plain_listen: Option<Spanned<String>>,
+    pub worker_threads: Option<usize>,
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: Spanned<ByteSize>,
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: usize,
+    #[serde(default = "defaults::header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    #[serde(default = "defaults::tls_handshake_timeout", with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: None,
+            plain_listen: None,
+            worker_threads: None,
+            max_connections: defaults::max_connections(),
+            max_header_bytes: defaults::max_header_bytes(),
+            max_headers: defaults::max_headers(),
+            header_read_timeout: defaults::header_read_timeout(),
+            tls_handshake_timeout: defaults::tls_handshake_timeout(),
+            shutdown_grace: defaults::shutdown_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Generate a throw-away self-signed certificate at start-up (development only).
+    #[serde(default)]
+    pub self_signed_dev: bool,
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: Spanned<PathBuf>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<PathBuf>,
+    /// SNI names this certificate answers (`*.example.com` allowed). The first
+    /// certificate also answers clients that send no or an unknown name.
+    #[serde(default)]
+    pub server_names: Vec<HostName>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "defaults::pool_idle_timeout", with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    #[serde(default = "defaults::pool_max_idle_per_host")]
+    pub pool_max_idle_per_host: usize,
+    /// Extra CA certificates (PEM) trusted for `https://` upstreams, besides the web PKI.
+    pub ca_file: Option<Spanned<PathBuf>>,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            connect_timeout: defaults::connect_timeout(),
+            pool_idle_timeout: defaults::pool_idle_timeout(),
+            pool_max_idle_per_host: defaults::pool_max_idle_per_host(),
+            ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<RouteName>,
+    pub host: Option<HostName>,
+    #[serde(default = "defaults::path_prefix")]
+    pub path_prefix: Spanned<PathPrefix>,
+    pub upstream: Spanned<UpstreamUrl>,
+    #[serde(default = "defaults::yes")]
+    pub preserve_host: bool,
+    #[serde(default)]
+    pub forwarded: ForwardedMode,
+    #[serde(default = "defaults::max_request_body")]
+    pub max_request_body: ByteSize,
+    #[serde(default = "defaults::response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+    #[serde(default = "defaults::body_idle_timeout", with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
+    #[serde(default)]
+    pub cookies: RawCookiePolicy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCookiePolicy {
+    #[serde(default)]
+    pub same_site: SameSite,
+    #[serde(default)]
+    pub strip_domain: bool,
+    /// Cookies that page scripts must read (e.g. `XSRF-TOKEN`): they keep Secure and
+    /// SameSite but do not get HttpOnly.
+    #[serde(default)]
+    pub script_readable: Vec<CookieName>,
+}
+
+/// How the `X-Forwarded-For`, `-Proto` and `-Host` headers reach the app.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardedMode {
+    /// Drop whatever the client sent and set them from this connection (sessiongate is
+    /// the edge: the client cannot spoof its address to the app).
+    #[default]
+    Replace,
+    /// Keep what a trusted load balancer in front sent and append this hop.
+    Append,
+    /// Drop whatever the client sent and set nothing.
+    None,
+}
+
+/// SameSite, ordered from least to most strict so that `max` gives the stricter one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    None,
+    #[default]
+    Lax,
+    Strict,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::None => "None",
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+        }
+    }
+}
+
+/// Declares a string newtype whose `Deserialize` runs a check, so that a bad value is
+/// reported by toml with its line and column.
+macro_rules! checked_string {
+    ($(#[$doc:meta])* $name:ident, $check:path) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub struct $name(pub String);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                $check(&s).map_err(de::Error::custom)?;
+                Ok($name(s))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+checked_string!(
+    /// A route name for logs and `check` output.
+    RouteName,
+    check_route_name
+);
+checked_string!(
+    /// A host name (lower-cased on use), optionally `*.` wildcard for SNI.
+    HostName,
+    check_host_name
+);
+checked_string!(
+    /// A path prefix starting with `/`.
+    PathPrefix,
+    check_path_prefix
+);
+checked_string!(
+    /// A cookie name: an RFC 9110 token, which also keeps CR/LF out of headers.
+    CookieName,
+    check_cookie_name
+);
+checked_string!(
+    /// `http://host:port` or `https://host:port`, optionally with a base path.
+    UpstreamUrl,
+    check_upstream_url
+);
+
+fn check_route_name(s: &str) -> Result<(), String> {
+    if !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid route name {s:?}: use 1 to 64 characters from A-Z a-z 0-9 - _ ."
+        ))
+    }
+}
+
+fn check_host_name(s: &str) -> Result<(), String> {
+    let bare = s.strip_prefix("*.").unwrap_or(s);
+    let ok = !bare.is_empty()
+        && bare.len() <= 253
+        && bare
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid host name {s:?}: expected a DNS name such as \"app.example.com\" (no port, no scheme)"
+        ))
+    }
+}
+
+fn check_path_prefix(s: &str) -> Result<(), String> {
+    if !s.starts_with('/') {
+        return Err(format!(
+            "invalid path_prefix {s:?}: it must start with \"/\""
+        ));
+    }
+    if s.bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' || b == b'?' || b == b'#')
+    {
+        return Err(format!(
+            "invalid path_prefix {s:?}: no spaces, control characters, '?' or '#'"
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 9110 `token` characters, the set allowed in a cookie name.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn check_cookie_name(s: &str) -> Result<(), String> {
+    if is_token(s) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid cookie name {s:?}: a cookie name is a token (letters, digits and !#$%&'*+-.^_`|~; no spaces, '=', ';' or control characters)"
+        ))
+    }
+}
+
+fn check_upstream_url(s: &str) -> Result<(), String> {
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|e| format!("invalid upstream URL {s:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(format!(
+                "invalid upstream URL {s:?}: it must start with http:// or https://"
+            ))
+        }
+    }
+    if uri.authority().is_none() {
+        return Err(format!("invalid upstream URL {s:?}: it has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!(
+            "invalid upstream URL {s:?}: a query string is not allowed"
+        ));
+    }
+    Ok(())
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn max_header_bytes() -> Spanned<ByteSize> {
+        Spanned::new(0..0, ByteSize::kib(16))
+    }
+    pub fn max_headers() -> usize {
+        100
+    }
+    pub fn header_read_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn tls_handshake_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn shutdown_grace() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn pool_idle_timeout() -> Duration {
+        Duration::from_secs(90)
+    }
+    pub fn pool_max_idle_per_host() -> usize {
+        64
+    }
+    pub fn path_prefix() -> Spanned<PathPrefix> {
+        Spanned::new(0..0, PathPrefix("/".to_owned()))
+    }
+    pub fn max_request_body() -> ByteSize {
+        ByteSize::mib(10)
+    }
+    pub fn response_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn body_idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+}

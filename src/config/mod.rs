@@ -1,0 +1,575 @@
+//! Validated configuration: what the rest of the proxy runs on.
+//!
+//! Loading is two-stage. `file` deserializes the TOML into raw types (unknown keys and
+//! malformed single values are rejected there, with toml's line and column); then
+//! [`validate`] checks everything that involves several values or the file system and
+//! collects *every* problem, each naming its key path and line, before anything starts.
+//! Request-path code only ever sees [`Config`] and [`Route`].
+
+pub mod file;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::CertificateDer;
+
+pub use file::{ForwardedMode, SameSite};
+use file::{RawConfig, RawRoute};
+
+/// hyper refuses (panics on) a read buffer smaller than this, so config must too.
+const MIN_HEADER_BYTES: u64 = 8 * 1024;
+const MAX_HEADER_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: Option<TlsConfig>,
+    pub upstream: UpstreamConfig,
+    pub routes: Vec<Arc<Route>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Option<SocketAddr>,
+    pub plain_listen: Option<SocketAddr>,
+    pub worker_threads: usize,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Certificates, already loaded and checked (key matches certificate).
+pub struct TlsConfig {
+    pub self_signed_dev: bool,
+    pub certificates: Vec<ServerCert>,
+}
+
+pub struct ServerCert {
+    /// Lower-cased SNI names; `*.example.com` matches one label.
+    pub server_names: Vec<String>,
+    pub key: Arc<CertifiedKey>,
+    pub source: String,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material.
+        f.debug_struct("TlsConfig")
+            .field("self_signed_dev", &self.self_signed_dev)
+            .field(
+                "certificates",
+                &self
+                    .certificates
+                    .iter()
+                    .map(|c| (&c.source, &c.server_names))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub extra_roots: Vec<CertificateDer<'static>>,
+}
+
+/// One `[[routes]]` entry, compiled.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    /// Lower-cased host to match, or `None` for any host.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub upstream: Upstream,
+    pub preserve_host: bool,
+    pub forwarded: ForwardedMode,
+    pub max_request_body: u64,
+    pub response_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    pub cookies: CookiePolicy,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Prepended to the request path; empty or starting with `/` and without a trailing `/`.
+    pub base_path: String,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CookiePolicy {
+    pub same_site: SameSite,
+    pub strip_domain: bool,
+    pub script_readable: Vec<String>,
+}
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path, e.g. `routes[2].path_prefix`.
+    pub key: String,
+    pub line: Option<usize>,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{}: {} problem(s):\n{}", path.display(), problems.len(), list(problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. Relative paths inside it (certificates)
+    /// are resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, base).map_err(|e| e.with_path(path))
+    }
+
+    /// Parses and validates TOML text; `base` resolves relative paths.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            source: Box::new(e),
+        })?;
+        validate(raw, text, base).map_err(|problems| ConfigError::Invalid {
+            path: PathBuf::from("<config>"),
+            problems,
+        })
+    }
+
+    /// A human summary of the effective settings, for `sessiongate check`.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let s = &self.server;
+        let listen = |a: Option<SocketAddr>| a.map_or("-".to_owned(), |a| a.to_string());
+        let _ = writeln!(
+            out,
+            "listeners: tls {} | plain {}",
+            listen(s.listen),
+            listen(s.plain_listen)
+        );
+        if let Some(tls) = &self.tls {
+            for c in &tls.certificates {
+                let _ = writeln!(out, "tls: {} for {:?}", c.source, c.server_names);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "limits: {} connections, {} header bytes, {} headers, {} worker threads",
+            s.max_connections, s.max_header_bytes, s.max_headers, s.worker_threads
+        );
+        let _ = writeln!(out, "routes (longest matching prefix wins):");
+        for r in &self.routes {
+            let _ = writeln!(
+                out,
+                "  {name}: host={host} prefix={prefix} -> {up} (preserve_host={ph}, forwarded={fw:?}, \
+                 max_body={mb}, timeout={rt:?}, same_site={ss}, strip_domain={sd}, script_readable={sr:?})",
+                name = r.name,
+                host = r.host.as_deref().unwrap_or("*"),
+                prefix = r.path_prefix,
+                up = r.upstream,
+                ph = r.preserve_host,
+                fw = r.forwarded,
+                mb = bytesize::ByteSize(r.max_request_body),
+                rt = r.response_timeout,
+                ss = r.cookies.same_site.as_str(),
+                sd = r.cookies.strip_domain,
+                sr = r.cookies.script_readable,
+            );
+        }
+        out
+    }
+}
+
+impl ConfigError {
+    fn with_path(self, p: &Path) -> ConfigError {
+        match self {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: p.to_owned(),
+                source,
+            },
+            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
+                path: p.to_owned(),
+                problems,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Collects problems with their line numbers.
+struct Problems<'a> {
+    text: &'a str,
+    list: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn add(
+        &mut self,
+        key: impl Into<String>,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) {
+        // Defaults carry an empty 0..0 span: they have no line.
+        let line = span.filter(|s| s.end > 0).map(|s| {
+            self.text[..s.start.min(self.text.len())]
+                .matches('\n')
+                .count()
+                + 1
+        });
+        self.list.push(Problem {
+            key: key.into(),
+            line,
+            message: message.into(),
+        });
+    }
+}
+
+fn validate(raw: RawConfig, text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
+    let mut p = Problems {
+        text,
+        list: Vec::new(),
+    };
+    let server = validate_server(&raw, &mut p);
+    let tls = raw.tls.as_ref().map(|t| validate_tls(t, base, &mut p));
+    if server.listen.is_some() && tls.is_none() {
+        p.add(
+            "server.listen",
+            raw.server.listen.as_ref().map(|l| l.span()),
+            "a TLS listener needs a [tls] table: add [[tls.certificates]] with cert and key, \
+             or `self_signed_dev = true` for local testing",
+        );
+    }
+    if server.listen.is_none() && raw.tls.is_some() {
+        p.add(
+            "server.listen",
+            None,
+            "[tls] is configured but server.listen is missing: set the TLS listen address",
+        );
+    }
+    if server.listen.is_none() && server.plain_listen.is_none() {
+        p.add(
+            "server.listen",
+            None,
+            "no listener: set server.listen (TLS) and/or server.plain_listen",
+        );
+    }
+    let upstream = validate_upstream(&raw, base, &mut p);
+    let routes = validate_routes(&raw.routes, &mut p);
+
+    if p.list.is_empty() {
+        Ok(Config {
+            server,
+            tls,
+            upstream,
+            routes,
+        })
+    } else {
+        Err(p.list)
+    }
+}
+
+fn parse_addr(
+    key: &str,
+    v: &Option<toml::Spanned<String>>,
+    p: &mut Problems,
+) -> Option<SocketAddr> {
+    let v = v.as_ref()?;
+    match v.get_ref().parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.add(
+                key,
+                Some(v.span()),
+                format!(
+                    "{:?} is not an address: use IP:PORT, e.g. \"0.0.0.0:8443\" or \"[::]:8443\"",
+                    v.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn validate_server(raw: &RawConfig, p: &mut Problems) -> ServerConfig {
+    let s = &raw.server;
+    let listen = parse_addr("server.listen", &s.listen, p);
+    let plain_listen = parse_addr("server.plain_listen", &s.plain_listen, p);
+    let worker_threads = match s.worker_threads {
+        Some(0) => {
+            p.add(
+                "server.worker_threads",
+                None,
+                "must be at least 1 (or omit it to use one per core)",
+            );
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    if s.max_connections == 0 {
+        p.add("server.max_connections", None, "must be at least 1");
+    }
+    let hb = s.max_header_bytes.get_ref().as_u64();
+    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&hb) {
+        p.add(
+            "server.max_header_bytes",
+            Some(s.max_header_bytes.span()),
+            format!("must be between 8 KiB and 1 MiB (got {hb} bytes)"),
+        );
+    }
+    if s.max_headers == 0 || s.max_headers > 10_000 {
+        p.add("server.max_headers", None, "must be between 1 and 10000");
+    }
+    for (key, d) in [
+        ("server.header_read_timeout", s.header_read_timeout),
+        ("server.tls_handshake_timeout", s.tls_handshake_timeout),
+    ] {
+        if d.is_zero() {
+            p.add(key, None, "must be longer than zero, e.g. \"10s\"");
+        }
+    }
+    ServerConfig {
+        listen,
+        plain_listen,
+        worker_threads,
+        max_connections: s.max_connections.max(1),
+        max_header_bytes: hb.clamp(MIN_HEADER_BYTES, MAX_HEADER_BYTES) as usize,
+        max_headers: s.max_headers.clamp(1, 10_000),
+        header_read_timeout: s.header_read_timeout,
+        tls_handshake_timeout: s.tls_handshake_timeout,
+        shutdown_grace: s.shutdown_grace,
+    }
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
+}
+
+fn validate_tls(t: &file::RawTls, base: &Path, p: &mut Problems) -> TlsConfig {
+    let mut certificates = Vec::new();
+    if t.self_signed_dev && !t.certificates.is_empty() {
+        p.add(
+            "tls.self_signed_dev",
+            None,
+            "self_signed_dev cannot be combined with [[tls.certificates]]: remove one",
+        );
+    }
+    if !t.self_signed_dev && t.certificates.is_empty() {
+        p.add(
+            "tls.certificates",
+            None,
+            "no certificate: add [[tls.certificates]] with cert and key files",
+        );
+    }
+    if t.self_signed_dev {
+        match crate::tls::self_signed_dev_cert() {
+            Ok(c) => certificates.push(c),
+            Err(e) => p.add("tls.self_signed_dev", None, e.to_string()),
+        }
+    }
+    for (i, c) in t.certificates.iter().enumerate() {
+        let cert = resolve(base, c.cert.get_ref());
+        let key = resolve(base, c.key.get_ref());
+        match crate::tls::load_certified_key(&cert, &key) {
+            Ok(k) => certificates.push(ServerCert {
+                server_names: c
+                    .server_names
+                    .iter()
+                    .map(|n| n.0.to_ascii_lowercase())
+                    .collect(),
+                key: Arc::new(k),
+                source: cert.display().to_string(),
+            }),
+            Err(e) => {
+                let (field, span) = if e.is_key() {
+                    ("key", c.key.span())
+                } else {
+                    ("cert", c.cert.span())
+                };
+                p.add(
+                    format!("tls.certificates[{i}].{field}"),
+                    Some(span),
+                    e.to_string(),
+                );
+            }
+        }
+    }
+    TlsConfig {
+        self_signed_dev: t.self_signed_dev,
+        certificates,
+    }
+}
+
+fn validate_upstream(raw: &RawConfig, base: &Path, p: &mut Problems) -> UpstreamConfig {
+    let u = &raw.upstream;
+    if u.connect_timeout.is_zero() {
+        p.add(
+            "upstream.connect_timeout",
+            None,
+            "must be longer than zero, e.g. \"5s\"",
+        );
+    }
+    let mut extra_roots = Vec::new();
+    if let Some(ca) = &u.ca_file {
+        match crate::tls::load_certs(&resolve(base, ca.get_ref())) {
+            Ok(certs) => extra_roots = certs,
+            Err(e) => p.add("upstream.ca_file", Some(ca.span()), e.to_string()),
+        }
+    }
+    UpstreamConfig {
+        connect_timeout: u.connect_timeout,
+        pool_idle_timeout: u.pool_idle_timeout,
+        pool_max_idle_per_host: u.pool_max_idle_per_host,
+        extra_roots,
+    }
+}
+
+fn validate_routes(raw: &[RawRoute], p: &mut Problems) -> Vec<Arc<Route>> {
+    if raw.is_empty() {
+        p.add(
+            "routes",
+            None,
+            "no routes: add at least one [[routes]] table with an upstream, e.g. upstream = \"http://127.0.0.1:8000\"",
+        );
+    }
+    let mut routes: Vec<Arc<Route>> = Vec::new();
+    let mut seen: Vec<(Option<String>, String, usize)> = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let key = |field: &str| format!("routes[{i}].{field}");
+        let host = r.host.as_ref().map(|h| h.0.to_ascii_lowercase());
+        if host.as_deref().is_some_and(|h| h.starts_with("*.")) {
+            p.add(
+                key("host"),
+                Some(r.upstream.span()),
+                "wildcards are for TLS server_names; a route host is exact",
+            );
+        }
+        let prefix = r.path_prefix.get_ref().0.clone();
+        if let Some((_, _, j)) = seen.iter().find(|(h, pr, _)| *h == host && *pr == prefix) {
+            p.add(
+                key("path_prefix"),
+                Some(r.path_prefix.span()),
+                format!(
+                    "routes[{j}] already matches host {} and path_prefix {prefix:?}: give one a different host or path_prefix, or merge them",
+                    host.as_deref().unwrap_or("*")
+                ),
+            );
+        }
+        seen.push((host.clone(), prefix.clone(), i));
+        if r.response_timeout.is_zero() || r.body_idle_timeout.is_zero() {
+            p.add(
+                key("response_timeout"),
+                None,
+                "timeouts must be longer than zero",
+            );
+        }
+        let Some(upstream) = parse_upstream(&r.upstream.get_ref().0) else {
+            p.add(
+                key("upstream"),
+                Some(r.upstream.span()),
+                "not a valid http:// or https:// URL",
+            );
+            continue;
+        };
+        let mut script_readable: Vec<String> = r
+            .cookies
+            .script_readable
+            .iter()
+            .map(|c| c.0.clone())
+            .collect();
+        script_readable.sort();
+        script_readable.dedup();
+        routes.push(Arc::new(Route {
+            name: r
+                .name
+                .as_ref()
+                .map_or_else(|| format!("routes[{i}]"), |n| n.0.clone()),
+            host,
+            path_prefix: prefix,
+            upstream,
+            preserve_host: r.preserve_host,
+            forwarded: r.forwarded,
+            max_request_body: r.max_request_body.as_u64(),
+            response_timeout: r.response_timeout,
+            body_idle_timeout: r.body_idle_timeout,
+            cookies: CookiePolicy {
+                same_site: r.cookies.same_site,
+                strip_domain: r.cookies.strip_domain,
+                script_readable,
+            },
+        }));
+    }
+    routes
+}
+
+fn parse_upstream(s: &str) -> Option<Upstream> {
+    let uri: http::Uri = s.parse().ok()?;
+    let scheme = uri.scheme()?.clone();
+    let authority = uri.authority()?.clone();
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    Some(Upstream {
+        scheme,
+        authority,
+        base_path,
+    })
+}

@@ -1,0 +1,104 @@
+//! One error type for everything that can stop a request, and the one place that turns
+//! it into a response.
+//!
+//! Each error knows its side: the client's (4xx), the upstream's (502/504), or ours
+//! (500). The client gets a short generic page; the detail goes to the log, once, at the
+//! edge (`service`).
+
+use std::time::Duration;
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::{full_body, Body, BoxError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches this host and path")]
+    NoRoute,
+    #[error("request body exceeds the route's limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("cannot connect to the upstream: {0}")]
+    UpstreamConnect(#[source] BoxError),
+    #[error("upstream request failed: {0}")]
+    Upstream(#[source] BoxError),
+    #[error("upstream sent no response within {0:?}")]
+    UpstreamTimeout(Duration),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Who caused an error, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Internal,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::NoRoute | ProxyError::BodyTooLarge { .. } | ProxyError::BadRequest(_) => {
+                Side::Client
+            }
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::UpstreamTimeout(_) => Side::Upstream,
+            ProxyError::Internal(_) => Side::Internal,
+        }
+    }
+
+    /// What the visitor reads: generic, no internal detail.
+    fn public_message(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "There is no application configured for this address.",
+            ProxyError::BodyTooLarge { .. } => {
+                "The request body is larger than this application accepts."
+            }
+            ProxyError::BadRequest(_) => "The request could not be understood.",
+            ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => {
+                "The application behind this proxy could not be reached or failed to answer."
+            }
+            ProxyError::UpstreamTimeout(_) => {
+                "The application behind this proxy did not answer in time."
+            }
+            ProxyError::Internal(_) => "Something went wrong in the proxy.",
+        }
+    }
+
+    pub fn into_response(&self) -> Response<Body> {
+        error_page(self.status(), self.public_message())
+    }
+}
+
+/// A small HTML page the proxy answers with itself.
+pub fn error_page(status: StatusCode, message: &str) -> Response<Body> {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let code = status.as_u16();
+    let html = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{code} {reason}</title></head>\
+         <body><h1>{code} {reason}</h1><p>{message}</p><hr><p><small>sessiongate</small></p></body></html>\n"
+    );
+    let mut resp = Response::new(full_body(html));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

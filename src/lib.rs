@@ -1,0 +1,35 @@
+//! sessiongate: a TLS-terminating reverse proxy that makes session fixation impossible
+//! for web apps that cannot be changed.
+//!
+//! A request flows through the modules in this order (see `service` for the phase chart):
+//! `listener` (accept, connection cap, drain) -> `tls` (handshake, SNI) -> `service`
+//! (per-request phases) -> `router` (host + path -> route) -> `upstream` (forward to the
+//! app) -> `cookies` (harden every Set-Cookie on the way back). `config` is parsed and
+//! validated once at start-up; `error` maps every failure to one response.
+
+pub mod config;
+pub mod cookies;
+pub mod error;
+pub mod listener;
+pub mod router;
+pub mod service;
+pub mod tls;
+pub mod upstream;
+
+pub use config::Config;
+pub use listener::Server;
+
+/// Boxed error used across body and client boundaries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every request and response the proxy produces: bodies stream
+/// through boxed, never buffered whole.
+pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
+
+/// A complete (small) body, for pages the proxy writes itself.
+pub fn full_body(bytes: impl Into<bytes::Bytes>) -> Body {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}

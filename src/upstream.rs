@@ -121,6 +121,10 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive so that a protocol
 /// switch can be relayed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // `Connection: upgrade` names Upgrade itself, so keep its value aside first.
+    let upgrade = keep_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -131,10 +135,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
+    match upgrade {
+        Some(protocol) => {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol);
+        }
+        None => {
+            headers.remove(header::UPGRADE);
+        }
     }
 }
 

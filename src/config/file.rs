@@ -33,13 +33,13 @@ pub struct RawServer {
     pub listen: Option<Spanned<String>>,
     /// Plain-HTTP listener, only for deployments where TLS already ends in front of us.
     pub plain_listen: Option<Spanned<String>>,
-    pub worker_threads: Option<usize>,
+    pub worker_threads: Option<Spanned<usize>>,
     #[serde(default = "defaults::max_connections")]
-    pub max_connections: usize,
+    pub max_connections: Spanned<usize>,
     #[serde(default = "defaults::max_header_bytes")]
     pub max_header_bytes: Spanned<ByteSize>,
     #[serde(default = "defaults::max_headers")]
-    pub max_headers: usize,
+    pub max_headers: Spanned<usize>,
     #[serde(default = "defaults::header_read_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
     #[serde(default = "defaults::tls_handshake_timeout", with = "humantime_serde")]
@@ -322,14 +322,14 @@ mod defaults {
     pub fn yes() -> bool {
         true
     }
-    pub fn max_connections() -> usize {
-        10_000
+    pub fn max_connections() -> Spanned<usize> {
+        Spanned::new(0..0, 10_000)
     }
     pub fn max_header_bytes() -> Spanned<ByteSize> {
         Spanned::new(0..0, ByteSize::kib(16))
     }
-    pub fn max_headers() -> usize {
-        100
+    pub fn max_headers() -> Spanned<usize> {
+        Spanned::new(0..0, 100)
     }
     pub fn header_read_timeout() -> Duration {
         Duration::from_secs(10)

@@ -287,7 +287,8 @@ fn validate(raw: RawConfig, text: &str, base: &Path) -> Result<Config, Vec<Probl
     };
     let server = validate_server(&raw, &mut p);
     let tls = raw.tls.as_ref().map(|t| validate_tls(t, base, &mut p));
-    if server.listen.is_some() && tls.is_none() {
+    let listen_configured = raw.server.listen.is_some();
+    if listen_configured && tls.is_none() {
         p.add(
             "server.listen",
             raw.server.listen.as_ref().map(|l| l.span()),
@@ -295,14 +296,14 @@ fn validate(raw: RawConfig, text: &str, base: &Path) -> Result<Config, Vec<Probl
              or `self_signed_dev = true` for local testing",
         );
     }
-    if server.listen.is_none() && raw.tls.is_some() {
+    if !listen_configured && raw.tls.is_some() {
         p.add(
             "server.listen",
             None,
             "[tls] is configured but server.listen is missing: set the TLS listen address",
         );
     }
-    if server.listen.is_none() && server.plain_listen.is_none() {
+    if !listen_configured && raw.server.plain_listen.is_none() {
         p.add(
             "server.listen",
             None,
@@ -350,20 +351,25 @@ fn validate_server(raw: &RawConfig, p: &mut Problems) -> ServerConfig {
     let s = &raw.server;
     let listen = parse_addr("server.listen", &s.listen, p);
     let plain_listen = parse_addr("server.plain_listen", &s.plain_listen, p);
-    let worker_threads = match s.worker_threads {
-        Some(0) => {
+    let worker_threads = match &s.worker_threads {
+        Some(n) if *n.get_ref() == 0 => {
             p.add(
                 "server.worker_threads",
-                None,
+                Some(n.span()),
                 "must be at least 1 (or omit it to use one per core)",
             );
             1
         }
-        Some(n) => n,
+        Some(n) => *n.get_ref(),
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    if s.max_connections == 0 {
-        p.add("server.max_connections", None, "must be at least 1");
+    let max_connections = *s.max_connections.get_ref();
+    if max_connections == 0 {
+        p.add(
+            "server.max_connections",
+            Some(s.max_connections.span()),
+            "must be at least 1",
+        );
     }
     let hb = s.max_header_bytes.get_ref().as_u64();
     if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&hb) {
@@ -373,8 +379,13 @@ fn validate_server(raw: &RawConfig, p: &mut Problems) -> ServerConfig {
             format!("must be between 8 KiB and 1 MiB (got {hb} bytes)"),
         );
     }
-    if s.max_headers == 0 || s.max_headers > 10_000 {
-        p.add("server.max_headers", None, "must be between 1 and 10000");
+    let max_headers = *s.max_headers.get_ref();
+    if max_headers == 0 || max_headers > 10_000 {
+        p.add(
+            "server.max_headers",
+            Some(s.max_headers.span()),
+            "must be between 1 and 10000",
+        );
     }
     for (key, d) in [
         ("server.header_read_timeout", s.header_read_timeout),
@@ -388,9 +399,9 @@ fn validate_server(raw: &RawConfig, p: &mut Problems) -> ServerConfig {
         listen,
         plain_listen,
         worker_threads,
-        max_connections: s.max_connections.max(1),
+        max_connections: max_connections.max(1),
         max_header_bytes: hb.clamp(MIN_HEADER_BYTES, MAX_HEADER_BYTES) as usize,
-        max_headers: s.max_headers.clamp(1, 10_000),
+        max_headers: max_headers.clamp(1, 10_000),
         header_read_timeout: s.header_read_timeout,
         tls_handshake_timeout: s.tls_handshake_timeout,
         shutdown_grace: s.shutdown_grace,

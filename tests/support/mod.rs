@@ -1,0 +1,470 @@
+//! Shared test harness: a throw-away PKI, in-process upstream apps that record what
+//! they received, the proxy started on port 0, and TLS clients speaking HTTP/1.1 or
+//! HTTP/2 over real sockets.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls_pki_types::{CertificateDer, ServerName};
+use sessiongate::{full_body, Body, Config, Server};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Fails the test with context instead of hanging forever.
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+// ---------------------------------------------------------------- PKI
+
+/// A test CA and leaf certificates written as PEM files in a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    ca_params: CertificateParams,
+    ca_key: KeyPair,
+    pub ca_der: CertificateDer<'static>,
+    ca_pem: String,
+}
+
+pub struct LeafFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: CertificateDer<'static>,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "sessiongate test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        Pki {
+            dir: tempfile::tempdir().unwrap(),
+            ca_der: ca.der().clone(),
+            ca_pem: ca.pem(),
+            ca_params: params,
+            ca_key,
+        }
+    }
+
+    /// Issues a certificate for `names` with a new key of the given algorithm, as files
+    /// `<stem>.crt` and `<stem>.key`.
+    pub fn leaf_with(
+        &self,
+        stem: &str,
+        names: &[&str],
+        alg: &'static rcgen::SignatureAlgorithm,
+    ) -> LeafFiles {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let key_path = self.dir.path().join(format!("{stem}.key"));
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let (cert, der) = self.issue(stem, names, &key);
+        LeafFiles {
+            cert,
+            key: key_path,
+            der,
+        }
+    }
+
+    /// Issues a certificate for an existing key; returns the `<stem>.crt` path.
+    pub fn sign_with_key(&self, stem: &str, names: &[&str], key: &KeyPair) -> PathBuf {
+        self.issue(stem, names, key).0
+    }
+
+    fn issue(
+        &self,
+        stem: &str,
+        names: &[&str],
+        key: &KeyPair,
+    ) -> (PathBuf, CertificateDer<'static>) {
+        let params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(key, &issuer).unwrap();
+        let path = self.dir.path().join(format!("{stem}.crt"));
+        std::fs::write(&path, cert.pem()).unwrap();
+        (path, cert.der().clone())
+    }
+
+    pub fn leaf(&self, stem: &str, names: &[&str]) -> LeafFiles {
+        self.leaf_with(stem, names, &rcgen::PKCS_ECDSA_P256_SHA256)
+    }
+
+    pub fn write_ca(&self) -> PathBuf {
+        let p = self.dir.path().join("ca.pem");
+        std::fs::write(&p, &self.ca_pem).unwrap();
+        p
+    }
+
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let mut cfg = rustls::ClientConfig::builder_with_provider(sessiongate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(cfg)
+    }
+}
+
+// ---------------------------------------------------------------- upstream apps
+
+/// What an upstream app received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl Upstream {
+    /// An HTTP/1.1 app whose handler sees the raw request (for streaming tests).
+    pub async fn raw<F, Fut>(handler: F) -> Upstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    _ = &mut stopped => return,
+                    r = listener.accept() => r.unwrap(),
+                };
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let handler = handler.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handler(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            seen: Arc::new(Mutex::new(Vec::new())),
+            stop: Some(stop),
+        }
+    }
+
+    /// An app that buffers and records each request, then answers with `respond`.
+    pub async fn recording<F>(respond: F) -> Upstream
+    where
+        F: Fn(&Seen) -> Response<Body> + Send + Sync + 'static,
+    {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let respond = Arc::new(respond);
+        let log = seen.clone();
+        let mut up = Upstream::raw(move |req: Request<Incoming>| {
+            let respond = respond.clone();
+            let log = log.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let s = Seen {
+                    method: parts.method,
+                    uri: parts.uri,
+                    version: parts.version,
+                    headers: parts.headers,
+                    body,
+                };
+                let resp = respond(&s);
+                log.lock().unwrap().push(s);
+                resp
+            }
+        })
+        .await;
+        up.seen = seen;
+        up
+    }
+
+    /// An app answering 200 "ok" to everything.
+    pub async fn ok() -> Upstream {
+        Upstream::recording(|_| Response::new(full_body("ok"))).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream received no request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+// ---------------------------------------------------------------- the proxy
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub plain: Option<SocketAddr>,
+    pub pki: Arc<Pki>,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// The `[server]` and `[tls]` tables every test proxy uses, on port 0 with a leaf for
+/// `localhost`, `a.test` and `b.test` from the test CA.
+pub fn base_config(pki: &Pki) -> String {
+    let leaf = pki.leaf("proxy", &["localhost", "a.test", "b.test"]);
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+worker_threads = 2
+shutdown_grace = "5s"
+
+[[tls.certificates]]
+cert = "{}"
+key = "{}"
+"#,
+        leaf.cert.display(),
+        leaf.key.display()
+    )
+}
+
+impl Proxy {
+    /// Starts the proxy with the base config plus `extra` (routes and other tables).
+    pub async fn start(extra: &str) -> Proxy {
+        let pki = Arc::new(Pki::new());
+        let text = format!("{}\n{}", base_config(&pki), extra);
+        Proxy::start_with(pki, &text).await
+    }
+
+    pub async fn start_with(pki: Arc<Pki>, text: &str) -> Proxy {
+        let config = Config::from_toml(text, Path::new("."))
+            .unwrap_or_else(|e| panic!("test config rejected: {e}\n{text}"));
+        let server = Server::bind(config).await.unwrap();
+        let addr = server
+            .tls_addr()
+            .unwrap_or_else(|| server.plain_addr().unwrap());
+        let plain = server.plain_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        Proxy {
+            addr,
+            plain,
+            pki,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Signals shutdown and returns the task so a test can await the drain.
+    pub fn shutdown(&mut self) -> tokio::task::JoinHandle<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.take().unwrap()
+    }
+
+    pub async fn tls(&self, server_name: &str, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+        tls_connect(self.addr, self.pki.client_config(alpn), server_name).await
+    }
+
+    /// An HTTP/1.1 client connection over TLS (SNI `localhost`).
+    pub async fn h1(&self) -> H1 {
+        H1::over(self.tls("localhost", &[b"http/1.1"]).await).await
+    }
+
+    /// An HTTP/2 client connection over TLS (ALPN h2).
+    pub async fn h2(&self) -> H2 {
+        let tls = self.tls("localhost", &[b"h2"]).await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        H2 { send }
+    }
+
+    /// One GET over a fresh HTTP/1.1 connection.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.h1().await.send(get(path)).await
+    }
+}
+
+pub async fn tls_connect(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    server_name: &str,
+) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    TlsConnector::from(cfg)
+        .connect(ServerName::try_from(server_name.to_owned()).unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- clients
+
+pub fn get(path: &str) -> Request<Body> {
+    Request::get(path)
+        .header("host", "localhost")
+        .body(full_body(Bytes::new()))
+        .unwrap()
+}
+
+/// A response with its body read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    }
+}
+
+pub async fn read(resp: Response<Incoming>) -> Reply {
+    let (parts, body) = resp.into_parts();
+    let body = within("reading the response body", body.collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub struct H1 {
+    pub send: hyper::client::conn::http1::SendRequest<Body>,
+}
+
+impl H1 {
+    pub async fn over<IO>(io: IO) -> H1
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .unwrap();
+        tokio::spawn(conn.with_upgrades());
+        H1 { send }
+    }
+
+    pub async fn send(&mut self, req: Request<Body>) -> Reply {
+        read(self.send_raw(req).await).await
+    }
+
+    pub async fn send_raw(&mut self, req: Request<Body>) -> Response<Incoming> {
+        within("HTTP/1.1 response", async {
+            self.send.ready().await.unwrap();
+            self.send.send_request(req).await.unwrap()
+        })
+        .await
+    }
+}
+
+pub struct H2 {
+    pub send: hyper::client::conn::http2::SendRequest<Body>,
+}
+
+impl H2 {
+    pub async fn send(&mut self, req: Request<Body>) -> Reply {
+        let resp = within("HTTP/2 response", async {
+            self.send.ready().await.unwrap();
+            self.send.send_request(req).await.unwrap()
+        })
+        .await;
+        read(resp).await
+    }
+}
+
+/// A body that is sent in chunks as the test pushes them.
+pub fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| {
+            (
+                Ok::<_, sessiongate::BoxError>(hyper::body::Frame::data(b)),
+                rx,
+            )
+        })
+    });
+    (tx, http_body_util::StreamBody::new(stream).boxed())
+}
+
+pub fn text_response(status: u16, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(full_body(body));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r
+}

@@ -151,10 +151,7 @@ pub fn harden(line: &HeaderValue, policy: &CookiePolicy) -> Result<HeaderValue, 
         if a.is("samesite") {
             // Written once, where the app first put it.
             if !same_site_written {
-                push_attr(
-                    &mut out,
-                    format!("SameSite={}", same_site.as_str()).as_bytes(),
-                );
+                push_same_site(&mut out, same_site);
                 same_site_written = true;
             }
             continue;
@@ -172,10 +169,7 @@ pub fn harden(line: &HeaderValue, policy: &CookiePolicy) -> Result<HeaderValue, 
         push_attr(&mut out, b"Secure");
     }
     if !same_site_written {
-        push_attr(
-            &mut out,
-            format!("SameSite={}", same_site.as_str()).as_bytes(),
-        );
+        push_same_site(&mut out, same_site);
     }
     // Every byte came from a valid header value or is ASCII we wrote, so this cannot
     // fail; map it anyway rather than panic.
@@ -185,6 +179,11 @@ pub fn harden(line: &HeaderValue, policy: &CookiePolicy) -> Result<HeaderValue, 
 fn push_attr(out: &mut Vec<u8>, attr: &[u8]) {
     out.extend_from_slice(b"; ");
     out.extend_from_slice(attr);
+}
+
+fn push_same_site(out: &mut Vec<u8>, same_site: SameSite) {
+    push_attr(out, b"SameSite=");
+    out.extend_from_slice(same_site.as_str().as_bytes());
 }
 
 #[cfg(test)]

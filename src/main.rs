@@ -81,8 +81,16 @@ fn check(cli: &Cli) -> ExitCode {
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.server.worker_threads)
+    // One worker needs no work stealing: the single-threaded scheduler skips its
+    // cross-thread queues and atomics.
+    let mut builder = if config.server.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.server.worker_threads);
+        b
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

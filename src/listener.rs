@@ -92,23 +92,23 @@ impl Server {
             builder: connection_builder(&server_cfg),
             handshake_timeout: server_cfg.tls_handshake_timeout,
         });
-        if let Some((listener, acceptor)) = self.tls {
-            info!(addr = ?listener.local_addr().ok(), "listening (TLS)");
-            let acceptor = Some(acceptor);
+        let listeners = self
+            .tls
+            .map(|(l, acceptor)| (l, Some(acceptor)))
+            .into_iter()
+            .chain(self.plain.map(|l| (l, None)));
+        for (listener, acceptor) in listeners {
+            if let Ok(addr) = listener.local_addr() {
+                let kind = if acceptor.is_some() {
+                    "TLS"
+                } else {
+                    "plain HTTP"
+                };
+                info!(%addr, "listening ({kind})");
+            }
             loops.spawn(accept_loop(
                 listener,
                 acceptor,
-                ctx.clone(),
-                conns.clone(),
-                graceful.clone(),
-                stop_rx.clone(),
-            ));
-        }
-        if let Some(listener) = self.plain {
-            info!(addr = ?listener.local_addr().ok(), "listening (plain HTTP)");
-            loops.spawn(accept_loop(
-                listener,
-                None,
                 ctx.clone(),
                 conns.clone(),
                 graceful.clone(),

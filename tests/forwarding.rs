@@ -481,3 +481,65 @@ async fn http2_requests_reach_an_http1_app() {
     assert_eq!(seen.body, Bytes::from_static(b"a=1&b=2"));
     assert_eq!(seen.headers["host"], "localhost");
 }
+
+#[tokio::test]
+async fn https_upstream_verified_with_the_configured_ca() {
+    let pki = Arc::new(Pki::new());
+    let up = Upstream::raw_with(Some(pki.upstream_tls()), |_req| async {
+        text_response(200, "over tls")
+    })
+    .await;
+    let text = format!(
+        "{}\n[upstream]\nca_file = \"{}\"\n[[routes]]\nupstream = \"https://localhost:{}\"\n",
+        base_config(&pki),
+        pki.write_ca().display(),
+        up.addr.port()
+    );
+    let proxy = Proxy::start_with(pki.clone(), &text).await;
+    let r = proxy.get("/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "over tls");
+
+    // Without the CA the upstream's certificate is not trusted: 502, not a silent downgrade.
+    let text = format!(
+        "{}\n[[routes]]\nupstream = \"https://localhost:{}\"\n",
+        base_config(&pki),
+        up.addr.port()
+    );
+    let proxy = Proxy::start_with(pki, &text).await;
+    assert_eq!(proxy.get("/").await.status, 502);
+}
+
+#[tokio::test]
+async fn connection_cap_makes_extra_clients_wait() {
+    let up = Upstream::ok().await;
+    let pki = Arc::new(Pki::new());
+    let text = format!(
+        "{}\n[[routes]]\nupstream = \"{}\"\n",
+        base_config(&pki).replace(
+            "worker_threads = 2",
+            "worker_threads = 2\nmax_connections = 1"
+        ),
+        up.url()
+    );
+    let proxy = Proxy::start_with(pki, &text).await;
+    let mut first = proxy.h1().await;
+    assert_eq!(first.send(get("/1")).await.status, 200);
+
+    // The second client's handshake cannot complete while the first holds the only slot.
+    let addr = proxy.addr;
+    let cfg = proxy.pki.client_config(&[b"http/1.1"]);
+    let second =
+        tokio::spawn(async move { H1::over(tls_connect(addr, cfg, "localhost").await).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "a second connection was served beyond max_connections = 1"
+    );
+
+    drop(first);
+    let mut second = within("second connection after the first closed", second)
+        .await
+        .unwrap();
+    assert_eq!(second.send(get("/2")).await.status, 200);
+}

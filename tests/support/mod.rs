@@ -114,6 +114,20 @@ impl Pki {
         p
     }
 
+    /// A TLS server config for an upstream app, with a leaf for `localhost`.
+    pub fn upstream_tls(&self) -> Arc<rustls::ServerConfig> {
+        use rustls_pki_types::pem::PemObject;
+        let leaf = self.leaf("upstream", &["localhost"]);
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(sessiongate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der], key)
+            .unwrap();
+        Arc::new(cfg)
+    }
+
     pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca_der.clone()).unwrap();
@@ -160,6 +174,16 @@ impl Upstream {
         F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
+        Upstream::raw_with(None, handler).await
+    }
+
+    /// Like [`Upstream::raw`], over TLS when `tls` is given.
+    pub async fn raw_with<F, Fut>(tls: Option<Arc<rustls::ServerConfig>>, handler: F) -> Upstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, mut stopped) = oneshot::channel::<()>();
@@ -170,15 +194,24 @@ impl Upstream {
                     r = listener.accept() => r.unwrap(),
                 };
                 let handler = handler.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let handler = handler.clone();
                         async move { Ok::<_, std::convert::Infallible>(handler(req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .with_upgrades()
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => {
+                            http.serve_connection(TokioIo::new(tcp), svc)
+                                .with_upgrades()
+                                .await
+                        }
+                        Some(acceptor) => match acceptor.accept(tcp).await {
+                            Ok(stream) => http.serve_connection(TokioIo::new(stream), svc).await,
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });

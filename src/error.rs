@@ -25,6 +25,15 @@ pub enum ProxyError {
     Upstream(#[source] BoxError),
     #[error("upstream sent no response within {0:?}")]
     UpstreamTimeout(Duration),
+    #[error("session store failed during {op}: {source}")]
+    Store {
+        op: &'static str,
+        source: crate::store::StoreError,
+    },
+    #[error("another sign-in is in progress for this session")]
+    LoginInProgress,
+    #[error("the session changed while the sign-in was in flight")]
+    SessionChanged,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -34,6 +43,7 @@ pub enum ProxyError {
 pub enum Side {
     Client,
     Upstream,
+    Store,
     Internal,
 }
 
@@ -45,6 +55,8 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Store { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::LoginInProgress | ProxyError::SessionChanged => StatusCode::CONFLICT,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -57,6 +69,8 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_)
             | ProxyError::Upstream(_)
             | ProxyError::UpstreamTimeout(_) => Side::Upstream,
+            ProxyError::Store { .. } => Side::Store,
+            ProxyError::LoginInProgress | ProxyError::SessionChanged => Side::Client,
             ProxyError::Internal(_) => Side::Internal,
         }
     }
@@ -75,12 +89,29 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => {
                 "The application behind this proxy did not answer in time."
             }
+            ProxyError::Store { .. } => {
+                "Sessions are temporarily unavailable, so your request was not processed. Please try again in a moment."
+            }
+            ProxyError::LoginInProgress => {
+                "A sign-in for this session is still in progress. Please wait a moment and try again."
+            }
+            ProxyError::SessionChanged => "Your session changed during sign-in. Please sign in again.",
             ProxyError::Internal(_) => "Something went wrong in the proxy.",
         }
     }
 
     pub fn into_response(&self) -> Response<Body> {
-        error_page(self.status(), self.public_message())
+        let mut resp = error_page(self.status(), self.public_message());
+        let retry = match self {
+            ProxyError::Store { .. } => Some("5"),
+            ProxyError::LoginInProgress => Some("1"),
+            _ => None,
+        };
+        if let Some(secs) = retry {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+        }
+        resp
     }
 }
 

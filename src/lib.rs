@@ -7,14 +7,20 @@
 //! app) -> `cookies` (harden every Set-Cookie on the way back). `config` is parsed and
 //! validated once at start-up; `error` maps every failure to one response.
 
+pub mod body;
 pub mod config;
 pub mod cookies;
 pub mod error;
 pub mod listener;
+pub mod rotate;
 pub mod router;
+pub mod rules;
 pub mod service;
+pub mod session;
+pub mod store;
 pub mod tls;
 pub mod upstream;
+pub mod vault;
 
 pub use config::Config;
 pub use listener::Server;

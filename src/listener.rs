@@ -38,6 +38,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Entropy(#[from] crate::session::ids::EntropyError),
 }
 
 /// A bound, not yet running, proxy.
@@ -71,6 +73,11 @@ impl Server {
 
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The session lifecycle (store, counters), for tests and the admin listener.
+    pub fn sessions(&self) -> Arc<crate::rotate::Sessions> {
+        self.state.sessions.clone()
     }
 
     pub fn plain_addr(&self) -> Option<SocketAddr> {
@@ -116,7 +123,11 @@ impl Server {
             ));
         }
 
+        let crate::config::StoreConfig::Memory { sweep_interval } = self.state.config.store;
+        let sweeper = tokio::spawn(self.state.sessions.clone().sweep_forever(sweep_interval));
+
         shutdown.await;
+        sweeper.abort();
         info!(grace = ?server_cfg.shutdown_grace, "shutting down: no new connections, draining in-flight requests");
         let _ = stop_tx.send(true);
         while loops.join_next().await.is_some() {}

@@ -23,7 +23,74 @@ pub struct RawConfig {
     #[serde(default)]
     pub upstream: RawUpstream,
     #[serde(default)]
+    pub session: RawSession,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+/// sessiongate's own session cookie and session lifetimes (all routes).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSession {
+    #[serde(default = "defaults::cookie_name")]
+    pub cookie_name: Spanned<CookieName>,
+    #[serde(default)]
+    pub same_site: SameSite,
+    /// A session unused this long is dead.
+    #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A session is dead this long after it was created (or, once authenticated, after
+    /// the login), however active.
+    #[serde(default = "defaults::absolute_timeout", with = "humantime_serde")]
+    pub absolute_timeout: Duration,
+    /// Authenticated sessions get a new ID this often.
+    #[serde(default = "defaults::rotate_interval", with = "humantime_serde")]
+    pub rotate_interval: Duration,
+    /// After a periodic rotation the old ID keeps working this long, for requests
+    /// already in flight. (A login rotation has no grace.)
+    #[serde(default = "defaults::rotate_grace", with = "humantime_serde")]
+    pub rotate_grace: Duration,
+    /// `last_seen` is written at most this often per session.
+    #[serde(default = "defaults::touch_interval", with = "humantime_serde")]
+    pub touch_interval: Duration,
+    /// Deadline for every session store call.
+    #[serde(default = "defaults::store_timeout", with = "humantime_serde")]
+    pub store_timeout: Duration,
+}
+
+impl Default for RawSession {
+    fn default() -> Self {
+        RawSession {
+            cookie_name: defaults::cookie_name(),
+            same_site: SameSite::default(),
+            idle_timeout: defaults::idle_timeout(),
+            absolute_timeout: defaults::absolute_timeout(),
+            rotate_interval: defaults::rotate_interval(),
+            rotate_grace: defaults::rotate_grace(),
+            touch_interval: defaults::touch_interval(),
+            store_timeout: defaults::store_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum RawStore {
+    /// In-process store (one machine; sessions are lost on restart).
+    Memory {
+        #[serde(default = "defaults::sweep_interval", with = "humantime_serde")]
+        sweep_interval: Duration,
+    },
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore::Memory {
+            sweep_interval: defaults::sweep_interval(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +198,86 @@ pub struct RawRoute {
     pub body_idle_timeout: Duration,
     #[serde(default)]
     pub cookies: RawCookiePolicy,
+    /// Session protection for this route; without it the route is a plain proxy (the
+    /// proxy's own cookie is still never forwarded).
+    pub session: Option<RawRouteSession>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteSession {
+    /// App cookies kept server-side: captured from the app's Set-Cookie, never sent to
+    /// nor accepted from the browser.
+    #[serde(default)]
+    pub vault: Vec<CookieName>,
+    /// Remove vaulted names from `;name=value` path parameters and the query string.
+    #[serde(default = "defaults::yes")]
+    pub strip_url_session_ids: bool,
+    #[serde(default)]
+    pub login: Vec<RawRule>,
+    #[serde(default)]
+    pub logout: Vec<RawRule>,
+}
+
+/// A login or logout rule: which requests it looks at, and what in the response means
+/// success or failure.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Methods the rule applies to (default: POST for login, any for logout).
+    #[serde(default)]
+    pub methods: Vec<MethodName>,
+    /// Exactly one of `path`, `path_prefix`, `path_regex`.
+    pub path: Option<Spanned<PathPrefix>>,
+    pub path_prefix: Option<Spanned<PathPrefix>>,
+    pub path_regex: Option<Spanned<RegexStr>>,
+    /// All listed criteria must hold for success.
+    #[serde(default)]
+    pub success: RawCriteria,
+    /// Any listed criterion that holds means failure; failure wins over success.
+    #[serde(default)]
+    pub failure: RawCriteria,
+    /// How much of the response body the body criteria may read before deciding.
+    #[serde(default = "defaults::body_peek")]
+    pub body_peek: ByteSize,
+    /// Where the signed-in user's name comes from (login rules).
+    pub subject: Option<RawSubject>,
+    /// Logout rules: also send `Clear-Site-Data: "cookies"`.
+    #[serde(default)]
+    pub clear_site_data: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCriteria {
+    #[serde(default)]
+    pub status: Vec<u16>,
+    #[serde(default)]
+    pub status_not: Vec<u16>,
+    /// A response header is present (and, with `regex`, matches).
+    pub header: Option<RawHeaderMatch>,
+    /// The response sets a cookie of this name.
+    pub set_cookie: Option<CookieName>,
+    pub body_contains: Option<String>,
+    pub body_not_contains: Option<String>,
+    pub body_regex: Option<RegexStr>,
+    pub body_not_regex: Option<RegexStr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMatch {
+    pub name: HeaderNameStr,
+    pub regex: Option<RegexStr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubject {
+    /// A field of the login request's `application/x-www-form-urlencoded` body.
+    pub form_field: Option<String>,
+    /// A header of the login response.
+    pub response_header: Option<HeaderNameStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -229,6 +376,40 @@ checked_string!(
     UpstreamUrl,
     check_upstream_url
 );
+
+checked_string!(
+    /// An HTTP method token such as `POST`.
+    MethodName,
+    check_method
+);
+checked_string!(
+    /// A header name.
+    HeaderNameStr,
+    check_header_name
+);
+checked_string!(
+    /// A regular expression (Rust `regex` syntax), compiled once at start-up.
+    RegexStr,
+    check_regex
+);
+
+fn check_method(s: &str) -> Result<(), String> {
+    http::Method::from_bytes(s.as_bytes())
+        .map(drop)
+        .map_err(|_| format!("invalid HTTP method {s:?}"))
+}
+
+fn check_header_name(s: &str) -> Result<(), String> {
+    http::HeaderName::from_bytes(s.as_bytes())
+        .map(drop)
+        .map_err(|_| format!("invalid header name {s:?}"))
+}
+
+fn check_regex(s: &str) -> Result<(), String> {
+    regex::Regex::new(s)
+        .map(drop)
+        .map_err(|e| format!("invalid regex {s:?}: {e}"))
+}
 
 fn check_route_name(s: &str) -> Result<(), String> {
     if !s.is_empty()
@@ -360,5 +541,32 @@ mod defaults {
     }
     pub fn body_idle_timeout() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn cookie_name() -> Spanned<CookieName> {
+        Spanned::new(0..0, CookieName("__Host-sg".to_owned()))
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(30 * 60)
+    }
+    pub fn absolute_timeout() -> Duration {
+        Duration::from_secs(12 * 3600)
+    }
+    pub fn rotate_interval() -> Duration {
+        Duration::from_secs(15 * 60)
+    }
+    pub fn rotate_grace() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn touch_interval() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn store_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn sweep_interval() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn body_peek() -> ByteSize {
+        ByteSize::kib(64)
     }
 }

@@ -19,7 +19,9 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 
 pub use file::{ForwardedMode, SameSite};
-use file::{RawConfig, RawRoute};
+use file::{RawConfig, RawCriteria, RawRoute, RawRule};
+
+use crate::rules::{Criterion, PathMatch, Rule, SubjectSource};
 
 /// hyper refuses (panics on) a read buffer smaller than this, so config must too.
 const MIN_HEADER_BYTES: u64 = 8 * 1024;
@@ -30,7 +32,36 @@ pub struct Config {
     pub server: ServerConfig,
     pub tls: Option<TlsConfig>,
     pub upstream: UpstreamConfig,
+    pub session: SessionConfig,
+    pub store: StoreConfig,
     pub routes: Vec<Arc<Route>>,
+}
+
+/// sessiongate's own cookie and the session lifetimes.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub cookie_name: String,
+    pub same_site: SameSite,
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+    pub rotate_interval: Duration,
+    pub rotate_grace: Duration,
+    pub touch_interval: Duration,
+    pub store_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Memory { sweep_interval: Duration },
+}
+
+/// A route's session protection, compiled.
+#[derive(Debug)]
+pub struct RouteSession {
+    pub vault: Vec<String>,
+    pub strip_url_session_ids: bool,
+    pub login: Vec<Rule>,
+    pub logout: Vec<Rule>,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +129,7 @@ pub struct Route {
     pub response_timeout: Duration,
     pub body_idle_timeout: Duration,
     pub cookies: CookiePolicy,
+    pub session: Option<RouteSession>,
 }
 
 #[derive(Debug, Clone)]
@@ -311,13 +343,19 @@ fn validate(raw: RawConfig, text: &str, base: &Path) -> Result<Config, Vec<Probl
         );
     }
     let upstream = validate_upstream(&raw, base, &mut p);
-    let routes = validate_routes(&raw.routes, &mut p);
+    let session = validate_session(&raw.session, &mut p);
+    let store = match raw.store {
+        file::RawStore::Memory { sweep_interval } => StoreConfig::Memory { sweep_interval },
+    };
+    let routes = validate_routes(&raw.routes, &session, &mut p);
 
     if p.list.is_empty() {
         Ok(Config {
             server,
             tls,
             upstream,
+            session,
+            store,
             routes,
         })
     } else {
@@ -495,7 +533,195 @@ fn validate_upstream(raw: &RawConfig, base: &Path, p: &mut Problems) -> Upstream
     }
 }
 
-fn validate_routes(raw: &[RawRoute], p: &mut Problems) -> Vec<Arc<Route>> {
+fn validate_session(s: &file::RawSession, p: &mut Problems) -> SessionConfig {
+    for (key, d) in [
+        ("session.idle_timeout", s.idle_timeout),
+        ("session.absolute_timeout", s.absolute_timeout),
+        ("session.rotate_interval", s.rotate_interval),
+        ("session.touch_interval", s.touch_interval),
+        ("session.store_timeout", s.store_timeout),
+    ] {
+        if d.is_zero() {
+            p.add(key, None, "must be longer than zero");
+        }
+    }
+    if s.rotate_grace >= s.rotate_interval {
+        p.add(
+            "session.rotate_grace",
+            None,
+            "must be shorter than session.rotate_interval (a few seconds is enough for in-flight requests)",
+        );
+    }
+    if s.touch_interval >= s.idle_timeout {
+        p.add(
+            "session.touch_interval",
+            None,
+            "must be shorter than session.idle_timeout, or active sessions would expire",
+        );
+    }
+    SessionConfig {
+        cookie_name: s.cookie_name.get_ref().0.clone(),
+        same_site: s.same_site,
+        idle_timeout: s.idle_timeout,
+        absolute_timeout: s.absolute_timeout,
+        rotate_interval: s.rotate_interval,
+        rotate_grace: s.rotate_grace,
+        touch_interval: s.touch_interval,
+        store_timeout: s.store_timeout,
+    }
+}
+
+fn validate_route_session(
+    r: &file::RawRouteSession,
+    session: &SessionConfig,
+    route_key: &str,
+    p: &mut Problems,
+) -> RouteSession {
+    let mut vault: Vec<String> = r.vault.iter().map(|c| c.0.clone()).collect();
+    vault.sort();
+    vault.dedup();
+    if vault.contains(&session.cookie_name) {
+        p.add(
+            format!("{route_key}.session.vault"),
+            None,
+            format!(
+                "{:?} is sessiongate's own cookie (session.cookie_name); it cannot be vaulted",
+                session.cookie_name
+            ),
+        );
+    }
+    let mut compile_all = |rules: &[RawRule], kind: &str| -> Vec<Rule> {
+        rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, rule)| {
+                compile_rule(rule, kind, &format!("{route_key}.session.{kind}[{i}]"), p)
+            })
+            .collect()
+    };
+    let login = compile_all(&r.login, "login");
+    let logout = compile_all(&r.logout, "logout");
+    RouteSession {
+        vault,
+        strip_url_session_ids: r.strip_url_session_ids,
+        login,
+        logout,
+    }
+}
+
+fn compile_rule(r: &RawRule, kind: &str, key: &str, p: &mut Problems) -> Option<Rule> {
+    let paths = [
+        r.path
+            .as_ref()
+            .map(|s| (s.span(), PathMatch::Exact(s.get_ref().0.clone()))),
+        r.path_prefix
+            .as_ref()
+            .map(|s| (s.span(), PathMatch::Prefix(s.get_ref().0.clone()))),
+        r.path_regex.as_ref().and_then(|s| {
+            Some((
+                s.span(),
+                PathMatch::Regex(regex::Regex::new(&s.get_ref().0).ok()?),
+            ))
+        }),
+    ];
+    let mut given: Vec<(Range<usize>, PathMatch)> = paths.into_iter().flatten().collect();
+    if given.len() != 1 {
+        p.add(
+            key,
+            given.get(1).map(|g| g.0.clone()),
+            "give exactly one of path, path_prefix or path_regex",
+        );
+        return None;
+    }
+    let (_, path) = given.remove(0);
+    let success = compile_criteria(&r.success);
+    let failure = compile_criteria(&r.failure);
+    if kind == "login" && success.is_empty() {
+        p.add(
+            format!("{key}.success"),
+            None,
+            "a login rule needs at least one success criterion (e.g. status = [302] with a Location header, or body_contains),              otherwise a failed login would count as a login",
+        );
+    }
+    let subject = match &r.subject {
+        None => None,
+        Some(s) => match (&s.form_field, &s.response_header) {
+            (Some(f), None) => Some(SubjectSource::FormField(f.clone())),
+            (None, Some(h)) => http::HeaderName::from_bytes(h.0.as_bytes())
+                .ok()
+                .map(SubjectSource::ResponseHeader),
+            _ => {
+                p.add(
+                    format!("{key}.subject"),
+                    None,
+                    "give exactly one of form_field or response_header",
+                );
+                None
+            }
+        },
+    };
+    let methods = if r.methods.is_empty() && kind == "login" {
+        vec![http::Method::POST]
+    } else {
+        r.methods
+            .iter()
+            .filter_map(|m| http::Method::from_bytes(m.0.as_bytes()).ok())
+            .collect()
+    };
+    Some(Rule {
+        methods,
+        path,
+        success,
+        failure,
+        body_peek: usize::try_from(r.body_peek.as_u64()).unwrap_or(usize::MAX),
+        subject,
+        clear_site_data: r.clear_site_data,
+    })
+}
+
+fn compile_criteria(c: &RawCriteria) -> Vec<Criterion> {
+    // Every string here was already checked by its newtype, so compiling cannot fail;
+    // `filter_map` keeps that promise without a panic path.
+    let body = |s: &Option<String>, present: bool| {
+        s.as_ref().and_then(|s| {
+            regex::bytes::Regex::new(&regex::escape(s))
+                .ok()
+                .map(|pattern| Criterion::Body { pattern, present })
+        })
+    };
+    let body_re = |s: &Option<file::RegexStr>, present: bool| {
+        s.as_ref().and_then(|s| {
+            regex::bytes::Regex::new(&s.0)
+                .ok()
+                .map(|pattern| Criterion::Body { pattern, present })
+        })
+    };
+    let mut out = Vec::new();
+    if !c.status.is_empty() {
+        out.push(Criterion::StatusIn(c.status.clone()));
+    }
+    if !c.status_not.is_empty() {
+        out.push(Criterion::StatusNotIn(c.status_not.clone()));
+    }
+    if let Some(h) = &c.header {
+        if let Ok(name) = http::HeaderName::from_bytes(h.name.0.as_bytes()) {
+            out.push(Criterion::Header {
+                name,
+                regex: h.regex.as_ref().and_then(|r| regex::Regex::new(&r.0).ok()),
+            });
+        }
+    }
+    if let Some(name) = &c.set_cookie {
+        out.push(Criterion::SetCookie(name.0.clone()));
+    }
+    out.extend(body(&c.body_contains, true));
+    out.extend(body(&c.body_not_contains, false));
+    out.extend(body_re(&c.body_regex, true));
+    out.extend(body_re(&c.body_not_regex, false));
+    out
+}
+
+fn validate_routes(raw: &[RawRoute], session: &SessionConfig, p: &mut Problems) -> Vec<Arc<Route>> {
     if raw.is_empty() {
         p.add(
             "routes",
@@ -534,6 +760,10 @@ fn validate_routes(raw: &[RawRoute], p: &mut Problems) -> Vec<Arc<Route>> {
                 "timeouts must be longer than zero",
             );
         }
+        let route_session = r
+            .session
+            .as_ref()
+            .map(|s| validate_route_session(s, session, &format!("routes[{i}]"), p));
         let Some(upstream) = parse_upstream(&r.upstream.get_ref().0) else {
             p.add(
                 key("upstream"),
@@ -568,6 +798,7 @@ fn validate_routes(raw: &[RawRoute], p: &mut Problems) -> Vec<Arc<Route>> {
                 strip_domain: r.cookies.strip_domain,
                 script_readable,
             },
+            session: route_session,
         }));
     }
     routes

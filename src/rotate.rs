@@ -1,0 +1,488 @@
+//! Session lifecycle: resolving the presented ID, creating, rotating (login and
+//! periodic), logging out and expiring sessions, each committed to the store before the
+//! response that carries its cookie leaves.
+//!
+//! Ordering rules that make fixation impossible:
+//! - a login rotation mints a new ID, builds the new record from the old one *inside*
+//!   the store, creates it and kills the old ID in one store operation, and only then is
+//!   the login response (with the new cookie) released; on a store failure the client
+//!   gets a 503 and the response is dropped;
+//! - a login on an existing session first *claims* it, so that two logins can never be
+//!   processed by the app on the same vaulted app session; a claim that is neither
+//!   released (the app rejected the login) nor consumed by the rotation kills the
+//!   session when it runs out (fail closed: the app may have authenticated it);
+//! - a rotated-away, logged-out, expired or unknown ID is never resurrected: it is
+//!   reported (hash prefix only) and the request continues without a session.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use tracing::{debug, info, warn};
+
+use crate::config::SessionConfig;
+use crate::error::ProxyError;
+use crate::session::{proxy_set_cookie, IdSource, Presented, SessionId, SessionKey};
+use crate::store::{
+    Claim, Lookup, OldKey, RevokeReason, RotateOutcome, Rotation, SessionRecord, SessionStore,
+    StoreError,
+};
+use crate::vault::{self, VaultChange};
+
+/// Counters for the session lifecycle (exported as metrics by the admin listener).
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    pub created: AtomicU64,
+    pub login_rotated: AtomicU64,
+    pub periodic_rotated: AtomicU64,
+    pub logged_out: AtomicU64,
+    pub expired: AtomicU64,
+    /// Well-formed IDs that are rotated away, logged out, expired or unknown.
+    pub stale_ids: AtomicU64,
+    /// Cookie values that failed validation, or several conflicting values.
+    pub malformed_ids: AtomicU64,
+    pub vault_captured: AtomicU64,
+    pub login_success: AtomicU64,
+    pub login_failure: AtomicU64,
+    pub login_no_match: AtomicU64,
+    pub login_conflicts: AtomicU64,
+}
+
+impl SessionCounters {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The session a request runs on.
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub key: SessionKey,
+    pub record: SessionRecord,
+    /// Reached through an ID in its post-rotation grace window.
+    pub via_grace: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Resolved {
+    pub current: Option<Current>,
+    /// The presented cookie is useless: tell the browser to drop it (unless the response
+    /// sets a new one anyway).
+    pub expire_cookie: bool,
+}
+
+pub struct Sessions {
+    pub cfg: SessionConfig,
+    pub store: Arc<dyn SessionStore>,
+    ids: Arc<dyn IdSource>,
+    store_timeout: Duration,
+    pub counters: SessionCounters,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Sessions {
+    pub fn new(
+        cfg: SessionConfig,
+        store: Arc<dyn SessionStore>,
+        ids: Arc<dyn IdSource>,
+        store_timeout: Duration,
+    ) -> Sessions {
+        Sessions {
+            cfg,
+            store,
+            ids,
+            store_timeout,
+            counters: SessionCounters::default(),
+        }
+    }
+
+    /// Every store call goes through here: a deadline, and one error type.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, ProxyError> {
+        match tokio::time::timeout(self.store_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(ProxyError::Store { op, source: e }),
+            Err(_) => Err(ProxyError::Store {
+                op,
+                source: StoreError::Timeout,
+            }),
+        }
+    }
+
+    fn expires_at(&self, start: u64, now: u64) -> u64 {
+        now.saturating_add(ms(self.cfg.idle_timeout))
+            .min(start.saturating_add(ms(self.cfg.absolute_timeout)))
+    }
+
+    fn is_expired(&self, r: &SessionRecord, now: u64) -> bool {
+        now >= r.last_seen_at.saturating_add(ms(self.cfg.idle_timeout))
+            || now
+                >= r.lifetime_start()
+                    .saturating_add(ms(self.cfg.absolute_timeout))
+    }
+
+    /// How long tombstones are kept, to tell a stale ID from an unknown one.
+    fn tombstone_until(&self, now: u64) -> u64 {
+        now.saturating_add(ms(self.cfg.idle_timeout))
+    }
+
+    fn stale(&self, route: &str, key: &SessionKey, kind: &str) {
+        bump(&self.counters.stale_ids);
+        warn!(target: "audit", event = "stale_id_presented", route, id_hash = %key, kind, "a rotated-away, logged-out, expired or unknown session ID was presented");
+    }
+
+    /// Finds the session a request presents, enforcing expiry and login claims.
+    pub async fn resolve(
+        &self,
+        presented: &Presented,
+        route: &str,
+        now: u64,
+    ) -> Result<Resolved, ProxyError> {
+        let id = match presented {
+            Presented::Absent => return Ok(Resolved::default()),
+            Presented::Malformed => {
+                bump(&self.counters.malformed_ids);
+                debug!(route, "malformed session cookie ignored");
+                return Ok(Resolved {
+                    current: None,
+                    expire_cookie: true,
+                });
+            }
+            Presented::Ambiguous => {
+                // Not expired: the browser would drop whichever value is ours.
+                bump(&self.counters.malformed_ids);
+                warn!(
+                    route,
+                    "several different session cookies presented (cookie tossing?); none trusted"
+                );
+                return Ok(Resolved::default());
+            }
+            Presented::Valid(id) => id,
+        };
+        let key = id.key();
+        let (key, record, via_grace) = match self.call("load", self.store.load(&key)).await? {
+            Lookup::Live(r) => (key, r, false),
+            Lookup::Grace { successor, until } if now < until => {
+                match self.call("load", self.store.load(&successor)).await? {
+                    Lookup::Live(r) => (successor, r, true),
+                    _ => {
+                        self.stale(route, &key, "rotated_successor_gone");
+                        return Ok(Resolved::default());
+                    }
+                }
+            }
+            Lookup::Grace { .. } => {
+                // The browser got the successor's cookie with the rotating response.
+                self.stale(route, &key, RevokeReason::PeriodicRotated.as_str());
+                return Ok(Resolved::default());
+            }
+            Lookup::Revoked(reason) => {
+                self.stale(route, &key, reason.as_str());
+                // A rotated-away ID may race with its successor's cookie in the browser:
+                // deleting "the" cookie could delete the new one. Only dead-end IDs are
+                // expired.
+                let expire_cookie = !matches!(
+                    reason,
+                    RevokeReason::LoginRotated | RevokeReason::PeriodicRotated
+                );
+                return Ok(Resolved {
+                    current: None,
+                    expire_cookie,
+                });
+            }
+            Lookup::Missing => {
+                self.stale(route, &key, "unknown");
+                return Ok(Resolved {
+                    current: None,
+                    expire_cookie: true,
+                });
+            }
+        };
+        if let Some(until) = record.login_claim_until {
+            if now < until {
+                bump(&self.counters.login_conflicts);
+                return Err(ProxyError::LoginInProgress);
+            }
+            // The login never completed: the app may have authenticated the vaulted
+            // session, so this ID must not be usable again.
+            self.call(
+                "revoke",
+                self.store.revoke(
+                    &key,
+                    RevokeReason::LoginIncomplete,
+                    self.tombstone_until(now),
+                ),
+            )
+            .await?;
+            self.stale(route, &key, RevokeReason::LoginIncomplete.as_str());
+            return Ok(Resolved {
+                current: None,
+                expire_cookie: true,
+            });
+        }
+        if self.is_expired(&record, now) {
+            self.call(
+                "revoke",
+                self.store
+                    .revoke(&key, RevokeReason::Expired, self.tombstone_until(now)),
+            )
+            .await?;
+            bump(&self.counters.expired);
+            info!(target: "audit", event = "expired", route, id_hash = %key);
+            return Ok(Resolved {
+                current: None,
+                expire_cookie: true,
+            });
+        }
+        Ok(Resolved {
+            current: Some(Current {
+                key,
+                record,
+                via_grace,
+            }),
+            expire_cookie: false,
+        })
+    }
+
+    /// Claims a session for a login about to be forwarded. A second login on the same
+    /// session while the first is in flight gets 409.
+    pub async fn claim_login(
+        &self,
+        cur: &Current,
+        deadline: Duration,
+        now: u64,
+    ) -> Result<(), ProxyError> {
+        // Outlives the upstream deadline, so that a slow login cannot outlive its claim.
+        let until = now.saturating_add(ms(deadline) + 5_000);
+        match self
+            .call("claim_login", self.store.claim_login(&cur.key, until, now))
+            .await?
+        {
+            Claim::Claimed => Ok(()),
+            Claim::Busy => {
+                bump(&self.counters.login_conflicts);
+                Err(ProxyError::LoginInProgress)
+            }
+            Claim::Gone => Err(ProxyError::SessionChanged),
+        }
+    }
+
+    /// The app did not authenticate: the session may be used again.
+    pub async fn release_login(&self, cur: &Current) -> Result<(), ProxyError> {
+        self.call("release_login", self.store.release_login(&cur.key))
+            .await
+    }
+
+    fn mint(&self) -> (SessionId, SessionKey) {
+        let id = self.ids.mint();
+        let key = id.key();
+        (id, key)
+    }
+
+    /// Login succeeded: new ID, old one killed, committed before returning the cookie.
+    pub async fn login(
+        &self,
+        cur: Option<&Current>,
+        changes: Vec<VaultChange>,
+        subject: Option<String>,
+        route: &str,
+        now: u64,
+    ) -> Result<HeaderValue, ProxyError> {
+        let (id, key) = self.mint();
+        let expires_at = self.expires_at(now, now);
+        match cur {
+            Some(cur) => {
+                let rotation = Rotation {
+                    changes,
+                    authenticate: Some(subject.clone()),
+                    now,
+                    expires_at,
+                    old_becomes: OldKey::Revoked {
+                        reason: RevokeReason::LoginRotated,
+                        keep_until: self.tombstone_until(now),
+                    },
+                };
+                match self
+                    .call("rotate", self.store.rotate(&cur.key, &key, &rotation))
+                    .await?
+                {
+                    RotateOutcome::Rotated(_) => {}
+                    RotateOutcome::OldGone => return Err(ProxyError::SessionChanged),
+                }
+                info!(target: "audit", event = "login_rotated", route, old_id_hash = %cur.key, id_hash = %key, subject = subject.as_deref().unwrap_or("-"));
+            }
+            None => {
+                let mut record = SessionRecord::new_anonymous(now, expires_at, Vec::new());
+                vault::apply(&mut record.vault, &changes);
+                record.authenticated = true;
+                record.authenticated_at = Some(now);
+                record.subject = subject.clone();
+                self.call("create", self.store.create(&key, &record))
+                    .await?;
+                info!(target: "audit", event = "login_created", route, id_hash = %key, subject = subject.as_deref().unwrap_or("-"));
+            }
+        }
+        bump(&self.counters.login_rotated);
+        Ok(self.cookie_for(&id, now, now))
+    }
+
+    /// Logout succeeded: the session is dead before the response leaves.
+    pub async fn logout(
+        &self,
+        cur: Option<&Current>,
+        route: &str,
+        now: u64,
+    ) -> Result<HeaderValue, ProxyError> {
+        if let Some(cur) = cur {
+            self.call(
+                "revoke",
+                self.store
+                    .revoke(&cur.key, RevokeReason::LoggedOut, self.tombstone_until(now)),
+            )
+            .await?;
+            bump(&self.counters.logged_out);
+            info!(target: "audit", event = "logged_out", route, id_hash = %cur.key, subject = cur.record.subject.as_deref().unwrap_or("-"));
+        }
+        Ok(self.expired_cookie())
+    }
+
+    /// After an ordinary response: store captured app cookies (creating an anonymous
+    /// session for a visitor without one), rotate an authenticated session whose
+    /// interval is up, or record activity when due. Returns a cookie to set, if any.
+    pub async fn after_response(
+        &self,
+        cur: Option<&Current>,
+        changes: Vec<VaultChange>,
+        route: &str,
+        now: u64,
+    ) -> Result<Option<HeaderValue>, ProxyError> {
+        if !changes.is_empty() {
+            self.counters
+                .vault_captured
+                .fetch_add(changes.len() as u64, Ordering::Relaxed);
+        }
+        let Some(cur) = cur else {
+            // Only a cookie worth keeping starts a session.
+            if !changes.iter().any(|c| matches!(c, VaultChange::Set(_))) {
+                return Ok(None);
+            }
+            let (id, key) = self.mint();
+            let mut record =
+                SessionRecord::new_anonymous(now, self.expires_at(now, now), Vec::new());
+            vault::apply(&mut record.vault, &changes);
+            self.call("create", self.store.create(&key, &record))
+                .await?;
+            bump(&self.counters.created);
+            info!(target: "audit", event = "created", route, id_hash = %key);
+            return Ok(Some(self.cookie_for(&id, now, now)));
+        };
+        let rec = &cur.record;
+        let expires_at = self.expires_at(rec.lifetime_start(), now);
+        let rotation_due = rec.authenticated
+            && !cur.via_grace
+            && now.saturating_sub(rec.rotated_at) >= ms(self.cfg.rotate_interval);
+        if rotation_due {
+            let (id, key) = self.mint();
+            let rotation = Rotation {
+                changes: changes.clone(),
+                authenticate: None,
+                now,
+                expires_at,
+                old_becomes: OldKey::Grace {
+                    until: now.saturating_add(ms(self.cfg.rotate_grace)),
+                },
+            };
+            match self
+                .call("rotate", self.store.rotate(&cur.key, &key, &rotation))
+                .await?
+            {
+                RotateOutcome::Rotated(_) => {
+                    bump(&self.counters.periodic_rotated);
+                    info!(target: "audit", event = "periodic_rotated", route, old_id_hash = %cur.key, id_hash = %key);
+                    return Ok(Some(self.cookie_for(&id, rec.lifetime_start(), now)));
+                }
+                // A parallel request rotated first; its successor gets our changes.
+                RotateOutcome::OldGone => {
+                    if let Lookup::Grace { successor, .. } =
+                        self.call("load", self.store.load(&cur.key)).await?
+                    {
+                        if !changes.is_empty() {
+                            self.call(
+                                "merge_vault",
+                                self.store
+                                    .merge_vault(&successor, &changes, now, expires_at),
+                            )
+                            .await?;
+                        }
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+        if !changes.is_empty() {
+            if self
+                .call(
+                    "merge_vault",
+                    self.store.merge_vault(&cur.key, &changes, now, expires_at),
+                )
+                .await?
+                .is_none()
+            {
+                debug!(route, id_hash = %cur.key, "session ended while the request was in flight; app cookies dropped");
+            }
+        } else if now.saturating_sub(rec.last_seen_at) >= ms(self.cfg.touch_interval) {
+            // Activity bookkeeping only: a failure here must not fail the request.
+            if let Err(e) = self
+                .call("touch", self.store.touch(&cur.key, now, expires_at))
+                .await
+            {
+                warn!(route, error = %e, "could not record session activity");
+            }
+        }
+        Ok(None)
+    }
+
+    /// Set-Cookie for a session; Max-Age runs to the absolute deadline.
+    fn cookie_for(&self, id: &SessionId, lifetime_start: u64, now: u64) -> HeaderValue {
+        let end = lifetime_start.saturating_add(ms(self.cfg.absolute_timeout));
+        let max_age = end.saturating_sub(now) / 1000;
+        proxy_set_cookie(
+            &self.cfg.cookie_name,
+            Some(id),
+            max_age.max(1),
+            self.cfg.same_site,
+        )
+    }
+
+    pub fn expired_cookie(&self) -> HeaderValue {
+        proxy_set_cookie(&self.cfg.cookie_name, None, 0, self.cfg.same_site)
+    }
+
+    /// Periodically removes expired sessions and tombstones.
+    pub async fn sweep_forever(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            match self
+                .call("sweep", self.store.sweep(crate::store::now_ms()))
+                .await
+            {
+                Ok(n) if n > 0 => debug!(removed = n, "swept expired sessions"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "session sweep failed"),
+            }
+        }
+    }
+}

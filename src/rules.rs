@@ -1,0 +1,268 @@
+//! Login and logout rules, compiled once from the config and evaluated by plain
+//! functions.
+//!
+//! A rule first matches the request (method and path). On the response it then looks at
+//! its criteria: every `success` criterion must hold, and any `failure` criterion that
+//! holds makes the outcome a failure, whatever the success criteria say. No match, or
+//! success criteria that do not all hold, means [`Outcome::NoMatch`]: no rotation. Body
+//! criteria read at most `body_peek` bytes from the start of the body; the body still
+//! streams to the client in full.
+
+use http::{HeaderMap, HeaderName, Method, StatusCode};
+use regex::bytes::Regex as BytesRegex;
+use regex::Regex;
+
+use crate::cookies::SetCookie;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+    NoMatch,
+}
+
+#[derive(Debug)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+pub enum Criterion {
+    StatusIn(Vec<u16>),
+    StatusNotIn(Vec<u16>),
+    Header {
+        name: HeaderName,
+        regex: Option<Regex>,
+    },
+    SetCookie(String),
+    /// The peeked body matches (`present`) or does not match the pattern. Plain strings
+    /// are compiled as escaped regexes.
+    Body {
+        pattern: BytesRegex,
+        present: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectSource {
+    FormField(String),
+    ResponseHeader(HeaderName),
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    /// Empty means any method.
+    pub methods: Vec<Method>,
+    pub path: PathMatch,
+    pub success: Vec<Criterion>,
+    pub failure: Vec<Criterion>,
+    pub body_peek: usize,
+    pub subject: Option<SubjectSource>,
+    pub clear_site_data: bool,
+}
+
+/// The parts of a response a rule may look at.
+pub struct ResponseView<'a> {
+    pub status: StatusCode,
+    pub headers: &'a HeaderMap,
+    /// The first `body_peek` bytes (empty when no rule needs the body).
+    pub body: &'a [u8],
+}
+
+impl Rule {
+    pub fn matches_request(&self, method: &Method, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method))
+            && match &self.path {
+                PathMatch::Exact(p) => path == p,
+                PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+                PathMatch::Regex(r) => r.is_match(path),
+            }
+    }
+
+    /// Whether evaluating this rule needs the start of the response body.
+    pub fn needs_body(&self) -> bool {
+        self.success
+            .iter()
+            .chain(&self.failure)
+            .any(|c| matches!(c, Criterion::Body { .. }))
+    }
+
+    /// `default_success` applies when the rule lists no success criterion (logout
+    /// rules: any status below 400).
+    pub fn evaluate(&self, resp: &ResponseView<'_>) -> Outcome {
+        if self.failure.iter().any(|c| holds(c, resp)) {
+            return Outcome::Failure;
+        }
+        let success = if self.success.is_empty() {
+            resp.status.as_u16() < 400
+        } else {
+            self.success.iter().all(|c| holds(c, resp))
+        };
+        if success {
+            Outcome::Success
+        } else {
+            Outcome::NoMatch
+        }
+    }
+}
+
+fn holds(c: &Criterion, resp: &ResponseView<'_>) -> bool {
+    match c {
+        Criterion::StatusIn(set) => set.contains(&resp.status.as_u16()),
+        Criterion::StatusNotIn(set) => !set.contains(&resp.status.as_u16()),
+        Criterion::Header { name, regex } => {
+            resp.headers.get_all(name).iter().any(|v| match regex {
+                None => true,
+                Some(r) => v.to_str().is_ok_and(|s| r.is_match(s)),
+            })
+        }
+        Criterion::SetCookie(name) => resp
+            .headers
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| SetCookie::parse(v.as_bytes()).ok())
+            .any(|c| c.name == name.as_bytes()),
+        Criterion::Body { pattern, present } => pattern.is_match(resp.body) == *present,
+    }
+}
+
+/// The first rule that applies to the request.
+pub fn find<'a>(rules: &'a [Rule], method: &Method, path: &str) -> Option<&'a Rule> {
+    rules.iter().find(|r| r.matches_request(method, path))
+}
+
+/// Reads a form field from an `application/x-www-form-urlencoded` body prefix.
+pub fn form_field(body: &[u8], field: &str) -> Option<String> {
+    form_urlencoded::parse(body)
+        .find(|(k, _)| k == field)
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(success: Vec<Criterion>, failure: Vec<Criterion>) -> Rule {
+        Rule {
+            methods: vec![Method::POST],
+            path: PathMatch::Exact("/login".into()),
+            success,
+            failure,
+            body_peek: 1024,
+            subject: None,
+            clear_site_data: false,
+        }
+    }
+
+    fn view<'a>(status: u16, headers: &'a HeaderMap, body: &'a [u8]) -> ResponseView<'a> {
+        ResponseView {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers,
+            body,
+        }
+    }
+
+    fn body(s: &str, present: bool) -> Criterion {
+        Criterion::Body {
+            pattern: BytesRegex::new(&regex::escape(s)).unwrap(),
+            present,
+        }
+    }
+
+    #[test]
+    fn request_matching() {
+        let r = rule(vec![], vec![]);
+        assert!(r.matches_request(&Method::POST, "/login"));
+        assert!(!r.matches_request(&Method::GET, "/login"));
+        assert!(!r.matches_request(&Method::POST, "/login/x"));
+    }
+
+    #[test]
+    fn redirect_rule() {
+        let r = rule(
+            vec![
+                Criterion::StatusIn(vec![302, 303]),
+                Criterion::Header {
+                    name: http::header::LOCATION,
+                    regex: Some(Regex::new("^/account").unwrap()),
+                },
+            ],
+            vec![Criterion::Header {
+                name: http::header::LOCATION,
+                regex: Some(Regex::new("error").unwrap()),
+            }],
+        );
+        let mut h = HeaderMap::new();
+        h.insert(http::header::LOCATION, "/account".parse().unwrap());
+        assert_eq!(r.evaluate(&view(302, &h, b"")), Outcome::Success);
+        assert_eq!(r.evaluate(&view(200, &h, b"")), Outcome::NoMatch);
+        h.insert(http::header::LOCATION, "/account?error=1".parse().unwrap());
+        assert_eq!(
+            r.evaluate(&view(302, &h, b"")),
+            Outcome::Failure,
+            "failure wins"
+        );
+    }
+
+    #[test]
+    fn body_rule() {
+        let r = rule(
+            vec![Criterion::StatusIn(vec![200]), body("Welcome back", true)],
+            vec![body("Login failed", true)],
+        );
+        let h = HeaderMap::new();
+        assert_eq!(
+            r.evaluate(&view(200, &h, b"<p>Welcome back, alice</p>")),
+            Outcome::Success
+        );
+        assert_eq!(
+            r.evaluate(&view(200, &h, b"Login failed")),
+            Outcome::Failure
+        );
+        assert_eq!(
+            r.evaluate(&view(200, &h, b"something else")),
+            Outcome::NoMatch
+        );
+        let negated = rule(
+            vec![Criterion::StatusNotIn(vec![401]), body("error", false)],
+            vec![],
+        );
+        assert_eq!(negated.evaluate(&view(200, &h, b"ok")), Outcome::Success);
+        assert_eq!(
+            negated.evaluate(&view(200, &h, b"an error")),
+            Outcome::NoMatch
+        );
+    }
+
+    #[test]
+    fn set_cookie_and_default_success() {
+        let r = rule(vec![Criterion::SetCookie("remember".into())], vec![]);
+        let mut h = HeaderMap::new();
+        h.append(
+            http::header::SET_COOKIE,
+            "remember=1; Path=/".parse().unwrap(),
+        );
+        assert_eq!(r.evaluate(&view(200, &h, b"")), Outcome::Success);
+        let logout = rule(vec![], vec![]);
+        assert_eq!(
+            logout.evaluate(&view(302, &HeaderMap::new(), b"")),
+            Outcome::Success
+        );
+        assert_eq!(
+            logout.evaluate(&view(500, &HeaderMap::new(), b"")),
+            Outcome::NoMatch
+        );
+    }
+
+    #[test]
+    fn form_fields() {
+        assert_eq!(
+            form_field(b"username=al%69ce&password=x", "username").as_deref(),
+            Some("alice")
+        );
+        assert_eq!(form_field(b"password=x", "username"), None);
+    }
+}

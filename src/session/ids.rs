@@ -1,0 +1,90 @@
+//! Minting session IDs.
+//!
+//! Production uses [`ChaChaIds`]: a ChaCha20 CSPRNG (rand_chacha) seeded from the OS and
+//! reseeded from the OS after every 64 KiB of output or hour, whichever comes first, so
+//! that a leaked generator state exposes little. Minting happens only when a session is
+//! created or rotated, never per request, so one mutex is no contention point. Unit
+//! tests may plug in a deterministic [`IdSource`].
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SysRng;
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use super::{SessionId, ID_BYTES};
+
+pub trait IdSource: Send + Sync + 'static {
+    fn mint(&self) -> SessionId;
+}
+
+const RESEED_BYTES: usize = 64 * 1024;
+const RESEED_AFTER: Duration = Duration::from_secs(3600);
+
+pub struct ChaChaIds {
+    state: Mutex<State>,
+}
+
+struct State {
+    rng: ChaCha20Rng,
+    since_seed: usize,
+    seeded_at: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the OS random number generator failed: {0}")]
+pub struct EntropyError(String);
+
+impl ChaChaIds {
+    pub fn new() -> Result<ChaChaIds, EntropyError> {
+        Ok(ChaChaIds {
+            state: Mutex::new(State {
+                rng: seed()?,
+                since_seed: 0,
+                seeded_at: Instant::now(),
+            }),
+        })
+    }
+}
+
+fn seed() -> Result<ChaCha20Rng, EntropyError> {
+    ChaCha20Rng::try_from_rng(&mut SysRng).map_err(|e| EntropyError(e.to_string()))
+}
+
+impl IdSource for ChaChaIds {
+    fn mint(&self) -> SessionId {
+        // A poisoned lock only means another thread panicked mid-mint; the generator
+        // state is still a valid CSPRNG state.
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.since_seed >= RESEED_BYTES || s.seeded_at.elapsed() >= RESEED_AFTER {
+            match seed() {
+                Ok(rng) => {
+                    s.rng = rng;
+                    s.since_seed = 0;
+                    s.seeded_at = Instant::now();
+                }
+                // Keep the current (still secure) stream; try again next time.
+                Err(e) => tracing::error!(error = %e, "reseeding the session ID generator failed"),
+            }
+        }
+        let mut bytes = [0u8; ID_BYTES];
+        s.rng.fill_bytes(&mut bytes);
+        s.since_seed += ID_BYTES;
+        SessionId::from_bytes(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn ids_are_distinct_across_reseeds() {
+        let ids = ChaChaIds::new().unwrap();
+        let n = RESEED_BYTES / ID_BYTES * 2 + 10;
+        let seen: HashSet<String> = (0..n).map(|_| ids.mint().cookie_value()).collect();
+        assert_eq!(seen.len(), n);
+    }
+}

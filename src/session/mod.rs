@@ -1,0 +1,271 @@
+//! Session identity: the opaque ID the browser holds, its store key, minting, and the
+//! request's Cookie header.
+//!
+//! An ID is 32 bytes from a ChaCha20 CSPRNG seeded from the OS, sent as 43 characters of
+//! unpadded base64url. A client's value is accepted only if it has exactly that length
+//! and alphabet and decodes canonically; anything else is "no session" and is counted.
+//! The store never sees an ID: its key is the SHA-256 of the ID ([`SessionKey`]), and
+//! logs only ever show the first 8 hex digits of that hash.
+
+pub mod ids;
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use http::header::{self, HeaderMap, HeaderValue};
+use sha2::{Digest, Sha256};
+
+pub use ids::{ChaChaIds, IdSource};
+
+pub const ID_BYTES: usize = 32;
+/// Length of the base64url (no padding) form of an ID.
+pub const COOKIE_VALUE_LEN: usize = 43;
+
+/// A session ID. `Debug` is redacted so that it cannot end up in a log by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionId([u8; ID_BYTES]);
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({})", self.key())
+    }
+}
+
+impl SessionId {
+    pub fn from_bytes(bytes: [u8; ID_BYTES]) -> SessionId {
+        SessionId(bytes)
+    }
+
+    /// Strictly validates a client-supplied cookie value.
+    pub fn parse(value: &[u8]) -> Option<SessionId> {
+        if value.len() != COOKIE_VALUE_LEN
+            || !value
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+        {
+            return None;
+        }
+        let mut out = [0u8; ID_BYTES];
+        // Rejects non-canonical trailing bits, so one ID has exactly one spelling.
+        match URL_SAFE_NO_PAD.decode_slice(value, &mut out) {
+            Ok(ID_BYTES) => Some(SessionId(out)),
+            _ => None,
+        }
+    }
+
+    pub fn cookie_value(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    pub fn key(&self) -> SessionKey {
+        SessionKey(Sha256::digest(self.0).into())
+    }
+}
+
+/// The store key of a session: SHA-256 of its ID. Safe to log (as a prefix) and to store.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey(pub [u8; 32]);
+
+impl SessionKey {
+    /// Lower-case hex of the whole hash (the store's document ID).
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<SessionKey> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(SessionKey(out))
+    }
+}
+
+/// Logs show 8 hex digits: enough to correlate lines, useless to an attacker.
+impl fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(&self.0[..4]))
+    }
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionKey({self})")
+    }
+}
+
+/// What the request said about sessiongate's cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presented {
+    Absent,
+    Valid(SessionId),
+    /// Wrong length or alphabet.
+    Malformed,
+    /// Several different values (cookie tossing from a sibling domain can do this when
+    /// the cookie name lacks the `__Host-` prefix): none is trusted.
+    Ambiguous,
+}
+
+/// Splits the request's Cookie headers: sessiongate's cookie is taken out and
+/// validated, vaulted names (which only the vault may supply) are dropped, and the rest
+/// is kept for the app in order.
+pub fn split_request_cookies<'a>(
+    headers: &'a HeaderMap,
+    proxy_name: &str,
+    vaulted: &[String],
+) -> (Presented, Vec<&'a [u8]>) {
+    let mut presented = Presented::Absent;
+    let mut kept = Vec::new();
+    // HTTP/2 may split cookies over several headers.
+    for value in headers.get_all(header::COOKIE) {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let pair = trim(pair);
+            if pair.is_empty() {
+                continue;
+            }
+            let (name, val) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (trim(&pair[..i]), trim(&pair[i + 1..])),
+                None => (&pair[..0], pair),
+            };
+            if name == proxy_name.as_bytes() {
+                let this = SessionId::parse(val).map_or(Presented::Malformed, Presented::Valid);
+                presented = match (presented, this) {
+                    (Presented::Absent, this) => this,
+                    (prev, this) if prev == this => prev,
+                    _ => Presented::Ambiguous,
+                };
+            } else if !vaulted.iter().any(|v| v.as_bytes() == name) {
+                kept.push(pair);
+            }
+        }
+    }
+    (presented, kept)
+}
+
+/// Removes sessiongate's cookie from the request's Cookie headers (routes without
+/// session protection still never forward it). Leaves the headers alone when it is
+/// not there, the common case.
+pub fn strip_proxy_cookie(headers: &mut HeaderMap, proxy_name: &str) {
+    let present = headers.get_all(header::COOKIE).iter().any(|v| {
+        v.as_bytes()
+            .windows(proxy_name.len())
+            .any(|w| w == proxy_name.as_bytes())
+    });
+    if present {
+        let (_, kept) = split_request_cookies(headers, proxy_name, &[]);
+        let joined = join_pairs(kept.iter().copied());
+        set_cookie_header(headers, joined);
+    }
+}
+
+/// Joins cookie pairs into one Cookie header value.
+pub fn join_pairs<'a>(pairs: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in pairs {
+        if !out.is_empty() {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// Replaces the Cookie headers with one value (or none when empty).
+pub fn set_cookie_header(headers: &mut HeaderMap, value: Vec<u8>) {
+    headers.remove(header::COOKIE);
+    if value.is_empty() {
+        return;
+    }
+    // Every byte came from valid header values; a failure only drops the header.
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| *b != b' ' && *b != b'\t')
+        .map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+/// The Set-Cookie for sessiongate's own cookie. `max_age` 0 deletes it.
+pub fn proxy_set_cookie(
+    name: &str,
+    id: Option<&SessionId>,
+    max_age_secs: u64,
+    same_site: crate::config::SameSite,
+) -> HeaderValue {
+    let value = id.map(SessionId::cookie_value).unwrap_or_default();
+    let line = format!(
+        "{name}={value}; Path=/; Max-Age={max_age_secs}; HttpOnly; Secure; SameSite={}",
+        same_site.as_str()
+    );
+    // The name is a validated token and the value base64url: always a valid header.
+    HeaderValue::from_str(&line).unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(b: u8) -> SessionId {
+        SessionId::from_bytes([b; ID_BYTES])
+    }
+
+    #[test]
+    fn cookie_value_round_trips_and_is_strict() {
+        let i = id(7);
+        let v = i.cookie_value();
+        assert_eq!(v.len(), COOKIE_VALUE_LEN);
+        assert_eq!(SessionId::parse(v.as_bytes()), Some(i));
+        assert_eq!(SessionId::parse(&v.as_bytes()[1..]), None, "short");
+        assert_eq!(SessionId::parse(format!("{v}A").as_bytes()), None, "long");
+        assert_eq!(
+            SessionId::parse(v.replace(&v[..1], "+").as_bytes()),
+            None,
+            "alphabet"
+        );
+        assert_eq!(SessionId::parse(&[b'='; 43]), None);
+        // The last character carries 2 unused bits: only the canonical spelling counts.
+        let mut noncanon = v.clone().into_bytes();
+        noncanon[42] = if noncanon[42] == b'B' { b'C' } else { b'B' };
+        assert!(SessionId::parse(&noncanon).is_none() || noncanon == v.as_bytes());
+    }
+
+    #[test]
+    fn debug_never_shows_the_id() {
+        let i = id(9);
+        let shown = format!("{i:?}");
+        assert!(!shown.contains(&i.cookie_value()));
+        assert!(shown.contains(&i.key().to_string()));
+    }
+
+    #[test]
+    fn split_takes_out_proxy_and_vaulted_cookies() {
+        let v = id(1).cookie_value();
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            format!("a=1; sg={v}; PHPSESSID=evil").parse().unwrap(),
+        );
+        h.append(header::COOKIE, "b=2".parse().unwrap());
+        let (p, kept) = split_request_cookies(&h, "sg", &["PHPSESSID".into()]);
+        assert_eq!(p, Presented::Valid(id(1)));
+        assert_eq!(kept, vec![&b"a=1"[..], b"b=2"]);
+    }
+
+    #[test]
+    fn conflicting_proxy_cookies_are_ambiguous() {
+        let mut h = HeaderMap::new();
+        let line = format!("sg={}; sg={}", id(1).cookie_value(), id(2).cookie_value());
+        h.insert(header::COOKIE, line.parse().unwrap());
+        assert_eq!(split_request_cookies(&h, "sg", &[]).0, Presented::Ambiguous);
+        h.insert(header::COOKIE, "sg=short".parse().unwrap());
+        assert_eq!(split_request_cookies(&h, "sg", &[]).0, Presented::Malformed);
+    }
+}

@@ -1,0 +1,228 @@
+//! Session storage behind one async trait, so that the request path never knows which
+//! backend it talks to.
+//!
+//! Every operation is keyed by [`SessionKey`] (the hash of the ID, never the ID) and is
+//! atomic on its own. The operations are shaped so that a backend can implement each as
+//! one transaction: rotation, in particular, computes the new record from the old one
+//! *inside* the store (so that a vault update racing with a login is not lost), creates
+//! the new key only if it does not exist, and turns the old key into a tombstone, all
+//! at once. Policy (lifetimes, what counts as expired) stays with the caller, which
+//! passes the resulting timestamps in.
+
+pub mod memory;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::session::SessionKey;
+use crate::vault::{VaultChange, VaultCookie};
+
+pub use memory::MemoryStore;
+
+/// A live session. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub authenticated: bool,
+    pub subject: Option<String>,
+    pub vault: Vec<VaultCookie>,
+    pub created_at: u64,
+    pub authenticated_at: Option<u64>,
+    /// When this ID was minted (creation or last rotation).
+    pub rotated_at: u64,
+    pub last_seen_at: u64,
+    /// When the session dies if nothing happens: min(idle, absolute) as of the last
+    /// write. Readers re-check expiry with the current config anyway.
+    pub expires_at: u64,
+    /// Incremented by every write, for optimistic concurrency.
+    pub version: u64,
+    /// A login is in flight for this session until then; see `service`.
+    pub login_claim_until: Option<u64>,
+}
+
+impl SessionRecord {
+    pub fn new_anonymous(now: u64, expires_at: u64, vault: Vec<VaultCookie>) -> SessionRecord {
+        SessionRecord {
+            authenticated: false,
+            subject: None,
+            vault,
+            created_at: now,
+            authenticated_at: None,
+            rotated_at: now,
+            last_seen_at: now,
+            expires_at,
+            version: 1,
+            login_claim_until: None,
+        }
+    }
+
+    /// When the absolute lifetime started: the login, or else the creation.
+    pub fn lifetime_start(&self) -> u64 {
+        self.authenticated_at.unwrap_or(self.created_at)
+    }
+}
+
+/// Why an ID no longer works. Kept for a while after the fact so that a request
+/// presenting it can be reported as what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RevokeReason {
+    /// Replaced at login: the classic fixation attempt presents one of these.
+    LoginRotated,
+    /// Replaced by periodic rotation, and its grace window is over.
+    PeriodicRotated,
+    LoggedOut,
+    Expired,
+    /// A login was started on it and never committed (store failure or crash): the app
+    /// may have authenticated its vaulted session, so the ID is dead.
+    LoginIncomplete,
+}
+
+impl RevokeReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevokeReason::LoginRotated => "login_rotated",
+            RevokeReason::PeriodicRotated => "periodic_rotated",
+            RevokeReason::LoggedOut => "logged_out",
+            RevokeReason::Expired => "expired",
+            RevokeReason::LoginIncomplete => "login_incomplete",
+        }
+    }
+}
+
+/// What a key currently stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Live(SessionRecord),
+    /// Rotated periodically; still usable until `until`, on the successor's record.
+    Grace {
+        successor: SessionKey,
+        until: u64,
+    },
+    Revoked(RevokeReason),
+    Missing,
+}
+
+/// What the old key becomes when a session rotates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OldKey {
+    /// Periodic rotation: usable for in-flight requests until then.
+    Grace { until: u64 },
+    /// Login rotation: dead at once; the tombstone is kept until `keep_until`.
+    Revoked {
+        reason: RevokeReason,
+        keep_until: u64,
+    },
+}
+
+/// How to build the rotated record from the old one.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub changes: Vec<VaultChange>,
+    /// `Some(subject)` marks the session authenticated now (login).
+    pub authenticate: Option<Option<String>>,
+    pub now: u64,
+    pub expires_at: u64,
+    pub old_becomes: OldKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotateOutcome {
+    Rotated(SessionRecord),
+    /// The old key was no longer live (a concurrent rotation, logout or expiry won).
+    OldGone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    Claimed,
+    /// Another login holds the claim.
+    Busy,
+    /// The session is no longer live.
+    Gone,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    #[error("session store did not answer within the deadline")]
+    Timeout,
+    #[error("a session with this key already exists")]
+    Conflict,
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    async fn load(&self, key: &SessionKey) -> Result<Lookup, StoreError>;
+
+    /// Creates a session; fails with [`StoreError::Conflict`] if the key exists.
+    async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError>;
+
+    /// Merges vault changes (per cookie name and path, so parallel updates are not lost)
+    /// and records activity. Returns the updated record, or `None` if not live.
+    async fn merge_vault(
+        &self,
+        key: &SessionKey,
+        changes: &[VaultChange],
+        now: u64,
+        expires_at: u64,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Records activity without other changes.
+    async fn touch(&self, key: &SessionKey, now: u64, expires_at: u64) -> Result<(), StoreError>;
+
+    /// Marks a login in flight, so that a second login on the same session is refused.
+    async fn claim_login(
+        &self,
+        key: &SessionKey,
+        until: u64,
+        now: u64,
+    ) -> Result<Claim, StoreError>;
+
+    /// Ends a claim whose login did not succeed (the app did not authenticate).
+    async fn release_login(&self, key: &SessionKey) -> Result<(), StoreError>;
+
+    /// Atomically: build the new record from the live old one plus `rotation`, create it
+    /// under `new` (which must not exist), and replace `old` as `rotation.old_becomes`.
+    async fn rotate(
+        &self,
+        old: &SessionKey,
+        new: &SessionKey,
+        rotation: &Rotation,
+    ) -> Result<RotateOutcome, StoreError>;
+
+    /// Kills a live session (logout, expiry). Returns whether it was live.
+    async fn revoke(
+        &self,
+        key: &SessionKey,
+        reason: RevokeReason,
+        keep_until: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes expired sessions and tombstones; returns how many.
+    async fn sweep(&self, now: u64) -> Result<usize, StoreError>;
+}
+
+/// Applies a rotation to a copy of the old record. Shared by every backend so that
+/// they build identical records.
+pub fn rotated_record(old: &SessionRecord, rotation: &Rotation) -> SessionRecord {
+    let mut rec = old.clone();
+    crate::vault::apply(&mut rec.vault, &rotation.changes);
+    if let Some(subject) = &rotation.authenticate {
+        rec.authenticated = true;
+        rec.authenticated_at = Some(rotation.now);
+        rec.subject = subject.clone().or(rec.subject);
+    }
+    rec.rotated_at = rotation.now;
+    rec.last_seen_at = rotation.now;
+    rec.expires_at = rotation.expires_at;
+    rec.version = 1;
+    rec.login_claim_until = None;
+    rec
+}
+
+/// Current time in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

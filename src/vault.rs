@@ -1,0 +1,339 @@
+//! The vault: the app's session cookies, kept server-side in the session record.
+//!
+//! On the way back, every Set-Cookie of a vaulted name is taken out of the response and
+//! turned into a [`VaultChange`] (honouring `Path`, `Max-Age`/`Expires` and deletion);
+//! the browser never sees it. An app that tries to set sessiongate's own cookie has that
+//! line dropped too. On the way in, the record's cookies that path-match the request are
+//! added to the Cookie header for the app, and vaulted names are removed from the URL
+//! (`;jsessionid=` path parameters, `?PHPSESSID=` query parameters), which are fixation
+//! paths of their own.
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::Uri;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::cookies::SetCookie;
+
+/// One app cookie held for a session. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultCookie {
+    pub name: String,
+    pub value: String,
+    pub path: String,
+    pub expires_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VaultChange {
+    Set(VaultCookie),
+    Remove { name: String, path: String },
+}
+
+/// Takes vaulted Set-Cookie lines (and any attempt to set `proxy_cookie`) out of a
+/// response, returning what they change in the vault.
+pub fn capture(
+    headers: &mut HeaderMap,
+    vaulted: &[String],
+    proxy_cookie: &str,
+    request_path: &str,
+    now_ms: u64,
+) -> Vec<VaultChange> {
+    if !headers.contains_key(header::SET_COOKIE) {
+        return Vec::new();
+    }
+    let lines: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    let mut changes = Vec::new();
+    let mut passed = Vec::with_capacity(lines.len());
+    for line in lines {
+        let Ok(c) = SetCookie::parse(line.as_bytes()) else {
+            // Unparseable lines are dropped later, by hardening.
+            passed.push(line);
+            continue;
+        };
+        if c.name == proxy_cookie.as_bytes() {
+            warn!("the app tried to set sessiongate's own cookie; dropped");
+            continue;
+        }
+        if !vaulted.iter().any(|v| v.as_bytes() == c.name) {
+            passed.push(line);
+            continue;
+        }
+        match change_for(&c, request_path, now_ms) {
+            Some(change) => changes.push(change),
+            None => warn!("a vaulted cookie with a non-UTF-8 value was dropped"),
+        }
+    }
+    headers.remove(header::SET_COOKIE);
+    for line in passed {
+        headers.append(header::SET_COOKIE, line);
+    }
+    changes
+}
+
+fn change_for(c: &SetCookie<'_>, request_path: &str, now_ms: u64) -> Option<VaultChange> {
+    let name = std::str::from_utf8(c.name).ok()?.to_owned();
+    let path = c
+        .attributes
+        .iter()
+        .filter(|a| a.is("path"))
+        .filter_map(|a| std::str::from_utf8(a.value).ok())
+        .next_back()
+        .filter(|p| p.starts_with('/'))
+        .map_or_else(|| default_path(request_path), str::to_owned);
+    // Max-Age wins over Expires (RFC 6265bis 5.6.2); the last valid one of each counts.
+    let max_age = c
+        .attributes
+        .iter()
+        .filter(|a| a.is("max-age"))
+        .filter_map(|a| std::str::from_utf8(a.value).ok()?.parse::<i64>().ok())
+        .next_back();
+    let expires = c
+        .attributes
+        .iter()
+        .filter(|a| a.is("expires"))
+        .filter_map(|a| httpdate::parse_http_date(std::str::from_utf8(a.value).ok()?).ok())
+        .next_back()
+        .map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        });
+    let expires_at = match (max_age, expires) {
+        (Some(secs), _) if secs <= 0 => return Some(VaultChange::Remove { name, path }),
+        (Some(secs), _) => Some(now_ms.saturating_add(secs as u64 * 1000)),
+        (None, Some(at)) if at <= now_ms => return Some(VaultChange::Remove { name, path }),
+        (None, at) => at,
+    };
+    let value = std::str::from_utf8(c.value).ok()?.to_owned();
+    Some(VaultChange::Set(VaultCookie {
+        name,
+        value,
+        path,
+        expires_at,
+    }))
+}
+
+/// RFC 6265 5.1.4 default-path: the request path up to its last `/`.
+fn default_path(request_path: &str) -> String {
+    match request_path.rfind('/') {
+        Some(0) | None => "/".to_owned(),
+        Some(i) => request_path[..i].to_owned(),
+    }
+}
+
+/// Applies changes to a vault: a cookie is identified by name and path.
+pub fn apply(vault: &mut Vec<VaultCookie>, changes: &[VaultChange]) {
+    for change in changes {
+        let (name, path) = match change {
+            VaultChange::Set(c) => (&c.name, &c.path),
+            VaultChange::Remove { name, path } => (name, path),
+        };
+        vault.retain(|c| !(c.name == *name && c.path == *path));
+        if let VaultChange::Set(c) = change {
+            vault.push(c.clone());
+        }
+    }
+}
+
+/// RFC 6265 5.1.4 path-match.
+fn path_matches(cookie_path: &str, request_path: &str) -> bool {
+    match request_path.strip_prefix(cookie_path) {
+        Some(rest) => rest.is_empty() || cookie_path.ends_with('/') || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// The vault's cookies for a request, as `name=value` pairs, longest path first (the
+/// order a browser would send them in).
+pub fn pairs_for<'a>(vault: &'a [VaultCookie], request_path: &str, now_ms: u64) -> Vec<String> {
+    let mut matching: Vec<&'a VaultCookie> = vault
+        .iter()
+        .filter(|c| c.expires_at.is_none_or(|t| t > now_ms))
+        .filter(|c| path_matches(&c.path, request_path))
+        .collect();
+    matching.sort_by_key(|c| std::cmp::Reverse(c.path.len()));
+    matching
+        .into_iter()
+        .map(|c| format!("{}={}", c.name, c.value))
+        .collect()
+}
+
+/// Removes vaulted names from `;name=value` path parameters and from the query string.
+/// Returns the new URI when something was removed. Names compare case-insensitively
+/// (`JSESSIONID` is written `jsessionid` in URLs).
+pub fn strip_url_ids(uri: &Uri, vaulted: &[String]) -> Option<Uri> {
+    if vaulted.is_empty() {
+        return None;
+    }
+    let is_vaulted = |name: &str| {
+        let decoded = percent_decode(name);
+        vaulted.iter().any(|v| v.eq_ignore_ascii_case(&decoded))
+    };
+    let path = uri.path();
+    let mut changed = false;
+    let new_path = if path.contains(';') {
+        let segments: Vec<String> = path
+            .split('/')
+            .map(|seg| {
+                let mut parts = seg.split(';');
+                let head = parts.next().unwrap_or_default().to_owned();
+                let params: Vec<&str> = parts
+                    .filter(|p| {
+                        let keep = !is_vaulted(p.split('=').next().unwrap_or_default());
+                        changed |= !keep;
+                        keep
+                    })
+                    .collect();
+                std::iter::once(head.as_str())
+                    .chain(params)
+                    .collect::<Vec<_>>()
+                    .join(";")
+            })
+            .collect();
+        segments.join("/")
+    } else {
+        path.to_owned()
+    };
+    let new_query = uri.query().map(|q| {
+        q.split('&')
+            .filter(|kv| {
+                let keep = !is_vaulted(kv.split('=').next().unwrap_or_default());
+                changed |= !keep;
+                keep
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    if !changed {
+        return None;
+    }
+    let pq = match new_query {
+        Some(q) if !q.is_empty() => format!("{new_path}?{q}"),
+        _ => new_path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = pq.parse().ok();
+    Uri::from_parts(parts).ok()
+}
+
+fn percent_decode(s: &str) -> String {
+    form_urlencoded::parse(s.as_bytes())
+        .next()
+        .map_or_else(String::new, |(k, _)| k.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_000_000;
+
+    fn vaulted() -> Vec<String> {
+        vec!["PHPSESSID".into(), "JSESSIONID".into()]
+    }
+
+    #[test]
+    fn capture_takes_vaulted_lines_only() {
+        let mut h = HeaderMap::new();
+        h.append(header::SET_COOKIE, "PHPSESSID=abc; path=/".parse().unwrap());
+        h.append(header::SET_COOKIE, "theme=dark".parse().unwrap());
+        h.append(header::SET_COOKIE, "sg=forged".parse().unwrap());
+        h.append(
+            header::SET_COOKIE,
+            "JSESSIONID=x; Max-Age=0; Path=/shop".parse().unwrap(),
+        );
+        let changes = capture(&mut h, &vaulted(), "sg", "/login", NOW);
+        assert_eq!(
+            changes,
+            vec![
+                VaultChange::Set(VaultCookie {
+                    name: "PHPSESSID".into(),
+                    value: "abc".into(),
+                    path: "/".into(),
+                    expires_at: None
+                }),
+                VaultChange::Remove {
+                    name: "JSESSIONID".into(),
+                    path: "/shop".into()
+                },
+            ]
+        );
+        let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(left, vec!["theme=dark"]);
+    }
+
+    #[test]
+    fn expiry_and_default_path() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::SET_COOKIE,
+            "PHPSESSID=a; Max-Age=60".parse().unwrap(),
+        );
+        h.append(
+            header::SET_COOKIE,
+            "JSESSIONID=b; Expires=Thu, 01 Jan 1970 00:00:01 GMT"
+                .parse()
+                .unwrap(),
+        );
+        let changes = capture(&mut h, &vaulted(), "sg", "/app/login", NOW);
+        assert_eq!(
+            changes[0],
+            VaultChange::Set(VaultCookie {
+                name: "PHPSESSID".into(),
+                value: "a".into(),
+                path: "/app".into(),
+                expires_at: Some(NOW + 60_000)
+            })
+        );
+        assert!(matches!(changes[1], VaultChange::Remove { .. }));
+    }
+
+    #[test]
+    fn apply_and_inject_respect_path_and_expiry() {
+        let mut v = Vec::new();
+        let set = |name: &str, value: &str, path: &str, exp: Option<u64>| {
+            VaultChange::Set(VaultCookie {
+                name: name.into(),
+                value: value.into(),
+                path: path.into(),
+                expires_at: exp,
+            })
+        };
+        apply(
+            &mut v,
+            &[
+                set("A", "1", "/", None),
+                set("B", "2", "/admin", None),
+                set("C", "3", "/", Some(NOW - 1)),
+                set("A", "4", "/", None),
+            ],
+        );
+        assert_eq!(pairs_for(&v, "/admin/x", NOW), vec!["B=2", "A=4"]);
+        assert_eq!(pairs_for(&v, "/administrator", NOW), vec!["A=4"]);
+        apply(
+            &mut v,
+            &[VaultChange::Remove {
+                name: "A".into(),
+                path: "/".into(),
+            }],
+        );
+        assert_eq!(pairs_for(&v, "/", NOW), Vec::<String>::new());
+    }
+
+    #[test]
+    fn url_session_ids_are_stripped() {
+        let uri: Uri = "/shop;jsessionid=EVIL/cart;v=1?a=1&PHPSESSID=evil&b=2"
+            .parse()
+            .unwrap();
+        let out = strip_url_ids(&uri, &vaulted()).unwrap();
+        assert_eq!(out.to_string(), "/shop/cart;v=1?a=1&b=2");
+        let uri: Uri = "/x?PHP%53ESSID=evil".parse().unwrap();
+        assert_eq!(strip_url_ids(&uri, &vaulted()).unwrap().to_string(), "/x");
+        let uri: Uri = "/plain?q=1".parse().unwrap();
+        assert!(strip_url_ids(&uri, &vaulted()).is_none());
+    }
+}

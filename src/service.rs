@@ -175,7 +175,7 @@ impl AppState {
         let current = resolved.current.as_ref();
 
         // URL: session IDs in URLs are a fixation path of their own.
-        if rs.strip_url_session_ids {
+        if rs.strip_request_session_ids {
             if let Some(uri) = vault::strip_url_ids(req.uri(), &rs.vault) {
                 debug!(route = %route.name, "removed a vaulted session ID from the URL");
                 *req.uri_mut() = uri;
@@ -218,20 +218,27 @@ impl AppState {
 
         let client_upgrade = is_upgrade_request(&req).then(|| hyper::upgrade::on(&mut req));
         let mut up_req = prepare_request(route, &conn, req)?;
+        // Form bodies are read whole (capped by max_request_body) when a session ID could
+        // hide in them or the login rule wants a field from them.
         let mut subject = None;
-        if let Some(SubjectSource::FormField(field)) = login.and_then(|r| r.subject.as_ref()) {
-            if is_form(up_req.headers()) {
-                let (parts, body) = up_req.into_parts();
-                let (head, body) = crate::body::peek(
-                    body,
-                    login.map_or(0, |r| r.body_peek),
-                    route.body_idle_timeout,
-                )
-                .await
-                .map_err(|_| ProxyError::BadRequest("login form body could not be read"))?;
-                subject = rules::form_field(&head, field);
-                up_req = Request::from_parts(parts, body);
+        let subject_field = match login.and_then(|r| r.subject.as_ref()) {
+            Some(SubjectSource::FormField(f)) => Some(f.as_str()),
+            _ => None,
+        };
+        if is_form(up_req.headers()) && (rs.strip_request_session_ids || subject_field.is_some()) {
+            let (mut parts, body) = up_req.into_parts();
+            let mut form = read_form(route, body).await?;
+            if rs.strip_request_session_ids {
+                if let Some(stripped) = vault::strip_form_ids(&form, &rs.vault) {
+                    debug!(route = %route.name, "removed a vaulted session ID from a form body");
+                    form = stripped.into();
+                }
             }
+            subject = subject_field.and_then(|f| rules::form_field(&form, f));
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(form.len()));
+            up_req = Request::from_parts(parts, crate::full_body(form));
         }
         let mut resp = match self.send(route, up_req, client_upgrade).await {
             Ok(resp) => resp,
@@ -334,6 +341,19 @@ impl AppState {
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
         Ok(resp)
+    }
+}
+
+/// Reads a whole form body, within the route's size cap and idle deadline.
+async fn read_form(route: &Route, body: Body) -> Result<bytes::Bytes, ProxyError> {
+    use http_body_util::BodyExt;
+    match tokio::time::timeout(route.body_idle_timeout, body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ProxyError::BodyTooLarge {
+            limit: route.max_request_body,
+        }),
+        Ok(Err(_)) => Err(ProxyError::BadRequest("the form body could not be read")),
+        Err(_) => Err(ProxyError::BadRequest("the form body was not sent in time")),
     }
 }
 

@@ -220,6 +220,27 @@ pub fn strip_url_ids(uri: &Uri, vaulted: &[String]) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
+/// Removes fields named like a vaulted cookie from an `x-www-form-urlencoded` body,
+/// keeping every other field byte for byte. Returns the new body when something was
+/// removed.
+pub fn strip_form_ids(body: &[u8], vaulted: &[String]) -> Option<Vec<u8>> {
+    let mut changed = false;
+    let kept: Vec<&[u8]> = body
+        .split(|&b| b == b'&')
+        .filter(|field| {
+            let name = field.split(|&b| b == b'=').next().unwrap_or_default();
+            let vaulted_name = std::str::from_utf8(name).is_ok_and(|n| {
+                vaulted
+                    .iter()
+                    .any(|v| v.eq_ignore_ascii_case(&percent_decode(n)))
+            });
+            changed |= vaulted_name;
+            !vaulted_name
+        })
+        .collect();
+    changed.then(|| kept.join(&b'&'))
+}
+
 fn percent_decode(s: &str) -> String {
     form_urlencoded::parse(s.as_bytes())
         .next()
@@ -322,6 +343,16 @@ mod tests {
             }],
         );
         assert_eq!(pairs_for(&v, "/", NOW), Vec::<String>::new());
+    }
+
+    #[test]
+    fn form_session_ids_are_stripped() {
+        let out = strip_form_ids(
+            b"PHPSESSID=evil&username=alice&phpsessid=x&password=p%26w",
+            &vaulted(),
+        );
+        assert_eq!(out.as_deref(), Some(&b"username=alice&password=p%26w"[..]));
+        assert_eq!(strip_form_ids(b"username=alice", &vaulted()), None);
     }
 
     #[test]

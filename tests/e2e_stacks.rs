@@ -76,7 +76,7 @@ upstream = "http://{addr}"
 
 [routes.session]
 vault = ["{cookie}"]
-strip_url_session_ids = true
+strip_request_session_ids = true
 
 [[routes.session.login]]
 path = "/login"
@@ -572,6 +572,33 @@ mod php {
 
     /// `?PHPSESSID=` in the victim's URLs (the app accepts ids from the URL) never reaches
     /// the app.
+    #[tokio::test]
+    async fn session_id_in_a_form_body_is_stripped() {
+        // PHP with use_only_cookies=0 also takes PHPSESSID from a POST field; a
+        // cross-site auto-submitted form could use that to fix the victim's app session.
+        let (app, proxy) = start(Stack::Php).await;
+        let mut victim = Browser::new(&proxy);
+        let r = victim
+            .post_form(
+                "/login",
+                &[
+                    ("PHPSESSID", "attackerbody1"),
+                    ("username", "alice"),
+                    ("password", "wonderland"),
+                ],
+            )
+            .await;
+        Stack::Php.assert_login_ok(&r, "alice");
+        assert_eq!(whoami(&mut victim).await, "alice");
+        assert!(
+            !app.php_saw_session_id("attackerbody1"),
+            "a PHPSESSID form field reached the app"
+        );
+        let mut attacker = Browser::direct(app.addr);
+        attacker.plant("PHPSESSID", "attackerbody1");
+        assert_eq!(whoami(&mut attacker).await, "anonymous");
+    }
+
     #[tokio::test]
     async fn session_id_in_url_is_stripped() {
         let (app, proxy) = start(Stack::Php).await;

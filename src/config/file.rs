@@ -210,9 +210,11 @@ pub struct RawRouteSession {
     /// nor accepted from the browser.
     #[serde(default)]
     pub vault: Vec<CookieName>,
-    /// Remove vaulted names from `;name=value` path parameters and the query string.
+    /// Remove vaulted names from `;name=value` path parameters, the query string and
+    /// `application/x-www-form-urlencoded` request bodies (apps such as PHP with
+    /// `session.use_only_cookies=0` accept a session ID from any of them).
     #[serde(default = "defaults::yes")]
-    pub strip_url_session_ids: bool,
+    pub strip_request_session_ids: bool,
     #[serde(default)]
     pub login: Vec<RawRule>,
     #[serde(default)]

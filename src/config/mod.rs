@@ -59,7 +59,7 @@ pub enum StoreConfig {
 #[derive(Debug)]
 pub struct RouteSession {
     pub vault: Vec<String>,
-    pub strip_url_session_ids: bool,
+    pub strip_request_session_ids: bool,
     pub login: Vec<Rule>,
     pub logout: Vec<Rule>,
 }
@@ -603,7 +603,7 @@ fn validate_route_session(
     let logout = compile_all(&r.logout, "logout");
     RouteSession {
         vault,
-        strip_url_session_ids: r.strip_url_session_ids,
+        strip_request_session_ids: r.strip_request_session_ids,
         login,
         logout,
     }

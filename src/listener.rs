@@ -52,8 +52,16 @@ pub struct Server {
 impl Server {
     /// Binds the configured listeners and builds everything the requests need.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
+        Server::bind_with_store(config, None).await
+    }
+
+    /// Like [`Server::bind`], on a given session store instead of the configured one.
+    pub async fn bind_with_store(
+        config: Config,
+        store: Option<Arc<dyn crate::store::SessionStore>>,
+    ) -> Result<Server, StartError> {
         let config = Arc::new(config);
-        let state = Arc::new(AppState::new(config.clone())?);
+        let state = Arc::new(AppState::new(config.clone(), store)?);
         let tls = match (config.server.listen, &config.tls) {
             (Some(addr), Some(tls)) => {
                 let acceptor = TlsAcceptor::from(crate::tls::server_config(tls)?);

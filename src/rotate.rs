@@ -264,8 +264,8 @@ impl Sessions {
         deadline: Duration,
         now: u64,
     ) -> Result<(), ProxyError> {
-        // Outlives the upstream deadline, so that a slow login cannot outlive its claim.
-        let until = now.saturating_add(ms(deadline) + 5_000);
+        // Twice the upstream deadline: a login still in flight cannot outlive its claim.
+        let until = now.saturating_add(ms(deadline).saturating_mul(2));
         match self
             .call("claim_login", self.store.claim_login(&cur.key, until, now))
             .await?

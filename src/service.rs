@@ -59,10 +59,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>) -> Result<AppState, StartError> {
-        let store: Arc<dyn SessionStore> = match config.store {
+    /// `store` overrides the configured store (tests inject faults through it).
+    pub fn new(
+        config: Arc<Config>,
+        store: Option<Arc<dyn SessionStore>>,
+    ) -> Result<AppState, StartError> {
+        let store = store.unwrap_or_else(|| match config.store {
             StoreConfig::Memory { .. } => Arc::new(MemoryStore::new()),
-        };
+        });
         let ids = Arc::new(ChaChaIds::new()?);
         Ok(AppState {
             router: Router::new(&config.routes),

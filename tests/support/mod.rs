@@ -3,6 +3,8 @@
 //! HTTP/2 over real sockets.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod legacy;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -286,6 +288,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub plain: Option<SocketAddr>,
     pub pki: Arc<Pki>,
+    pub sessions: Arc<sessiongate::rotate::Sessions>,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -327,9 +330,19 @@ impl Proxy {
     }
 
     pub async fn start_with(pki: Arc<Pki>, text: &str) -> Proxy {
+        Proxy::start_with_store(pki, text, None).await
+    }
+
+    /// Starts the proxy on a given session store (fault injection).
+    pub async fn start_with_store(
+        pki: Arc<Pki>,
+        text: &str,
+        store: Option<Arc<dyn sessiongate::store::SessionStore>>,
+    ) -> Proxy {
         let config = Config::from_toml(text, Path::new("."))
             .unwrap_or_else(|e| panic!("test config rejected: {e}\n{text}"));
-        let server = Server::bind(config).await.unwrap();
+        let server = Server::bind_with_store(config, store).await.unwrap();
+        let sessions = server.sessions();
         let addr = server
             .tls_addr()
             .unwrap_or_else(|| server.plain_addr().unwrap());
@@ -342,6 +355,7 @@ impl Proxy {
             addr,
             plain,
             pki,
+            sessions,
             stop: Some(stop),
             task: Some(task),
         }
@@ -600,6 +614,110 @@ impl Browser {
         } else {
             self.jar
                 .insert(name, String::from_utf8_lossy(c.value).into_owned());
+        }
+    }
+}
+
+// ---------------------------------------------------------------- a store that fails on demand
+
+/// The embedded store with fault injection: while `failing` holds an operation name
+/// (or `"*"`), that operation returns `Unavailable`.
+pub struct FaultyStore {
+    pub inner: sessiongate::store::MemoryStore,
+    pub failing: Mutex<Option<&'static str>>,
+}
+
+impl FaultyStore {
+    pub fn new() -> Arc<FaultyStore> {
+        Arc::new(FaultyStore {
+            inner: sessiongate::store::MemoryStore::new(),
+            failing: Mutex::new(None),
+        })
+    }
+
+    pub fn fail(&self, op: Option<&'static str>) {
+        *self.failing.lock().unwrap() = op;
+    }
+
+    fn check(&self, op: &str) -> Result<(), sessiongate::store::StoreError> {
+        match *self.failing.lock().unwrap() {
+            Some(f) if f == "*" || f == op => Err(sessiongate::store::StoreError::Unavailable(
+                format!("injected failure in {op}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+mod faulty_impl {
+    use super::FaultyStore;
+    use sessiongate::session::SessionKey;
+    use sessiongate::store::*;
+    use sessiongate::vault::VaultChange;
+
+    #[async_trait::async_trait]
+    impl SessionStore for FaultyStore {
+        async fn load(&self, key: &SessionKey) -> Result<Lookup, StoreError> {
+            self.check("load")?;
+            self.inner.load(key).await
+        }
+        async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
+            self.check("create")?;
+            self.inner.create(key, record).await
+        }
+        async fn merge_vault(
+            &self,
+            key: &SessionKey,
+            changes: &[VaultChange],
+            now: u64,
+            expires_at: u64,
+        ) -> Result<Option<SessionRecord>, StoreError> {
+            self.check("merge_vault")?;
+            self.inner.merge_vault(key, changes, now, expires_at).await
+        }
+        async fn touch(
+            &self,
+            key: &SessionKey,
+            now: u64,
+            expires_at: u64,
+        ) -> Result<(), StoreError> {
+            self.check("touch")?;
+            self.inner.touch(key, now, expires_at).await
+        }
+        async fn claim_login(
+            &self,
+            key: &SessionKey,
+            until: u64,
+            now: u64,
+        ) -> Result<Claim, StoreError> {
+            self.check("claim_login")?;
+            self.inner.claim_login(key, until, now).await
+        }
+        async fn release_login(&self, key: &SessionKey) -> Result<(), StoreError> {
+            self.check("release_login")?;
+            self.inner.release_login(key).await
+        }
+        async fn rotate(
+            &self,
+            old: &SessionKey,
+            new: &SessionKey,
+            rotation: &Rotation,
+        ) -> Result<RotateOutcome, StoreError> {
+            self.check("rotate")?;
+            self.inner.rotate(old, new, rotation).await
+        }
+        async fn revoke(
+            &self,
+            key: &SessionKey,
+            reason: RevokeReason,
+            keep_until: u64,
+        ) -> Result<bool, StoreError> {
+            self.check("revoke")?;
+            self.inner.revoke(key, reason, keep_until).await
+        }
+        async fn sweep(&self, now: u64) -> Result<usize, StoreError> {
+            self.check("sweep")?;
+            self.inner.sweep(now).await
         }
     }
 }

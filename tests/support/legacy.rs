@@ -1,0 +1,148 @@
+//! A legacy app with the classic fixation flaw, in-process: server-side sessions keyed by
+//! the `SID` cookie, a client-chosen ID accepted as-is (from the cookie, the query string
+//! or a `;SID=` path parameter, like Tomcat and PHP trans-sid), and no new ID at login.
+//!
+//! - `GET /whoami` -> the session's user or `anonymous`
+//! - `POST /login` (form `username`, `password` = `pw-<username>`) -> 303 to `/home`, or
+//!   200 `bad credentials`; header `x-delay-ms` makes any request slow
+//! - `POST /logout` -> 200 `bye`, session destroyed
+//! - `GET /set?i=N` -> sets cookie `vN`
+//! - `GET /echo` -> the Cookie header and the target it received
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use sessiongate::{full_body, Body};
+
+use super::Upstream;
+
+pub struct LegacyApp {
+    pub up: Upstream,
+    pub sessions: Arc<Mutex<HashMap<String, Option<String>>>>,
+}
+
+impl LegacyApp {
+    pub async fn start() -> LegacyApp {
+        let sessions: Arc<Mutex<HashMap<String, Option<String>>>> = Default::default();
+        let counter = Arc::new(AtomicU64::new(1));
+        let s = sessions.clone();
+        let up = Upstream::raw(move |req| handle(req, s.clone(), counter.clone())).await;
+        LegacyApp { up, sessions }
+    }
+
+    /// Whether the app ever created a session under this ID.
+    pub fn saw(&self, sid: &str) -> bool {
+        self.sessions.lock().unwrap().contains_key(sid)
+    }
+
+    pub fn user_of(&self, sid: &str) -> Option<String> {
+        self.sessions.lock().unwrap().get(sid).cloned().flatten()
+    }
+}
+
+fn sid_from(req: &Request<Incoming>) -> Option<String> {
+    let cookie = req
+        .headers()
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|p| p.trim().strip_prefix("SID="))
+        .map(str::to_owned)
+        .next();
+    let query = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("SID=")))
+        .map(str::to_owned);
+    let path_param = req
+        .uri()
+        .path()
+        .split(';')
+        .find_map(|p| p.strip_prefix("SID="))
+        .map(|p| p.split('/').next().unwrap_or(p).to_owned());
+    cookie.or(query).or(path_param)
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    sessions: Arc<Mutex<HashMap<String, Option<String>>>>,
+    counter: Arc<AtomicU64>,
+) -> Response<Body> {
+    if let Some(ms) = req
+        .headers()
+        .get("x-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let mut set_cookies = Vec::new();
+    let sid = match sid_from(&req) {
+        Some(sid) => sid,
+        None => {
+            let sid = format!("app{}", counter.fetch_add(1, Ordering::SeqCst));
+            set_cookies.push(format!("SID={sid}; Path=/; HttpOnly"));
+            sid
+        }
+    };
+    // The flaw: whatever ID the client brings becomes a session.
+    sessions.lock().unwrap().entry(sid.clone()).or_insert(None);
+
+    let path = req.uri().path().split(';').next().unwrap_or("/").to_owned();
+    let target = req.uri().to_string();
+    let cookie_header = req
+        .headers()
+        .get("cookie")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let method = req.method().clone();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+
+    let (status, location, text) = match (method.as_str(), path.as_str()) {
+        ("GET", "/whoami") => {
+            let user = sessions.lock().unwrap().get(&sid).cloned().flatten();
+            (200, None, user.unwrap_or_else(|| "anonymous".into()))
+        }
+        ("POST", "/login") => {
+            let form: HashMap<String, String> =
+                form_urlencoded::parse(&body).into_owned().collect();
+            let user = form.get("username").cloned().unwrap_or_default();
+            if !user.is_empty() && form.get("password") == Some(&format!("pw-{user}")) {
+                sessions.lock().unwrap().insert(sid.clone(), Some(user));
+                (303, Some("/home"), String::new())
+            } else {
+                (200, None, "bad credentials".into())
+            }
+        }
+        ("POST", "/logout") => {
+            sessions.lock().unwrap().remove(&sid);
+            (200, None, "bye".into())
+        }
+        ("GET", "/set") => {
+            let i = query.strip_prefix("i=").unwrap_or("0").to_owned();
+            set_cookies.push(format!("v{i}=value{i}; Path=/"));
+            (200, None, format!("set v{i}"))
+        }
+        ("GET", "/echo") => (200, None, format!("{cookie_header}\n{target}")),
+        _ => (200, None, format!("page {path}")),
+    };
+    let mut b = Response::builder().status(status);
+    if let Some(l) = location {
+        b = b.header("location", l);
+    }
+    for c in set_cookies {
+        b = b.header("set-cookie", c);
+    }
+    b.body(full_body(text)).unwrap()
+}

@@ -245,6 +245,18 @@ impl Config {
             "limits: {} connections, {} header bytes, {} headers, {} worker threads",
             s.max_connections, s.max_header_bytes, s.max_headers, s.worker_threads
         );
+        let ss = &self.session;
+        let _ = writeln!(
+            out,
+            "session: cookie {} (SameSite={}), idle {:?}, absolute {:?}, rotate every {:?} (grace {:?}), store {:?}",
+            ss.cookie_name,
+            ss.same_site.as_str(),
+            ss.idle_timeout,
+            ss.absolute_timeout,
+            ss.rotate_interval,
+            ss.rotate_grace,
+            self.store
+        );
         let _ = writeln!(out, "routes (longest matching prefix wins):");
         for r in &self.routes {
             let _ = writeln!(
@@ -263,6 +275,27 @@ impl Config {
                 sd = r.cookies.strip_domain,
                 sr = r.cookies.script_readable,
             );
+            match &r.session {
+                None => {
+                    let _ = writeln!(out, "    session: none (plain proxy)");
+                }
+                Some(rs) => {
+                    let _ = writeln!(
+                        out,
+                        "    session: vault {:?}, strip request session IDs: {}, {} login rule(s), {} logout rule(s)",
+                        rs.vault,
+                        rs.strip_request_session_ids,
+                        rs.login.len(),
+                        rs.logout.len()
+                    );
+                    for (kind, rules) in [("login", &rs.login), ("logout", &rs.logout)] {
+                        for rule in rules {
+                            let _ =
+                                writeln!(out, "      {kind}: {:?} {:?}", rule.methods, rule.path);
+                        }
+                    }
+                }
+            }
         }
         out
     }

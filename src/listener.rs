@@ -40,6 +40,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Entropy(#[from] crate::session::ids::EntropyError),
+    #[error("cannot open the session store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// A bound, not yet running, proxy.
@@ -61,7 +63,7 @@ impl Server {
         store: Option<Arc<dyn crate::store::SessionStore>>,
     ) -> Result<Server, StartError> {
         let config = Arc::new(config);
-        let state = Arc::new(AppState::new(config.clone(), store)?);
+        let state = Arc::new(AppState::new(config.clone(), store).await?);
         let tls = match (config.server.listen, &config.tls) {
             (Some(addr), Some(tls)) => {
                 let acceptor = TlsAcceptor::from(crate::tls::server_config(tls)?);
@@ -131,7 +133,7 @@ impl Server {
             ));
         }
 
-        let crate::config::StoreConfig::Memory { sweep_interval } = self.state.config.store;
+        let sweep_interval = self.state.config.store.sweep_interval();
         let sweeper = tokio::spawn(self.state.sessions.clone().sweep_forever(sweep_interval));
 
         shutdown.await;

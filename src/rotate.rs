@@ -22,7 +22,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use tracing::{debug, info, warn};
 
-use crate::config::SessionConfig;
+use crate::config::{SessionConfig, StoreFailurePolicy};
 use crate::error::ProxyError;
 use crate::session::{proxy_set_cookie, IdSource, Presented, SessionId, SessionKey};
 use crate::store::{
@@ -82,6 +82,9 @@ pub struct Sessions {
     pub store: Arc<dyn SessionStore>,
     ids: Arc<dyn IdSource>,
     store_timeout: Duration,
+    /// How long other replicas may serve a cached copy of a session (zero for a store no
+    /// other process shares); a login waits this long after claiming.
+    login_settle: Duration,
     pub counters: SessionCounters,
 }
 
@@ -95,12 +98,14 @@ impl Sessions {
         store: Arc<dyn SessionStore>,
         ids: Arc<dyn IdSource>,
         store_timeout: Duration,
+        login_settle: Duration,
     ) -> Sessions {
         Sessions {
             cfg,
             store,
             ids,
             store_timeout,
+            login_settle,
             counters: SessionCounters::default(),
         }
     }
@@ -143,12 +148,15 @@ impl Sessions {
         warn!(target: "audit", event = "stale_id_presented", route, id_hash = %key, kind, "a rotated-away, logged-out, expired or unknown session ID was presented");
     }
 
-    /// Finds the session a request presents, enforcing expiry and login claims.
+    /// Finds the session a request presents, enforcing expiry and login claims. With
+    /// `ServeCached`, a session this replica still has cached keeps working while the
+    /// store is down.
     pub async fn resolve(
         &self,
         presented: &Presented,
         route: &str,
         now: u64,
+        on_failure: StoreFailurePolicy,
     ) -> Result<Resolved, ProxyError> {
         let id = match presented {
             Presented::Absent => return Ok(Resolved::default()),
@@ -172,7 +180,24 @@ impl Sessions {
             Presented::Valid(id) => id,
         };
         let key = id.key();
-        let (key, record, via_grace) = match self.call("load", self.store.load(&key)).await? {
+        let lookup = match self.call("load", self.store.load(&key)).await {
+            Ok(l) => l,
+            Err(e) => match (on_failure, self.store.load_stale(&key).await) {
+                (StoreFailurePolicy::ServeCached, Some(Lookup::Live(r))) => {
+                    warn!(route, id_hash = %key, error = %e, "session store down; serving the cached session");
+                    return Ok(Resolved {
+                        current: Some(Current {
+                            key,
+                            record: r,
+                            via_grace: false,
+                        }),
+                        expire_cookie: false,
+                    });
+                }
+                _ => return Err(e),
+            },
+        };
+        let (key, record, via_grace) = match lookup {
             Lookup::Live(r) => (key, r, false),
             Lookup::Grace { successor, until } if now < until => {
                 match self.call("load", self.store.load(&successor)).await? {
@@ -264,13 +289,24 @@ impl Sessions {
         deadline: Duration,
         now: u64,
     ) -> Result<(), ProxyError> {
-        // Twice the upstream deadline: a login still in flight cannot outlive its claim.
-        let until = now.saturating_add(ms(deadline).saturating_mul(2));
+        // Twice the upstream deadline, after the settle wait: a login still in flight
+        // cannot outlive its claim.
+        let until = now
+            .saturating_add(ms(self.login_settle))
+            .saturating_add(ms(deadline).saturating_mul(2));
         match self
             .call("claim_login", self.store.claim_login(&cur.key, until, now))
             .await?
         {
-            Claim::Claimed => Ok(()),
+            Claim::Claimed => {
+                // Replicas that cached this session before the claim may serve it (and
+                // its vault) until their copy expires: only then may the app see the
+                // login. From here on every replica reads the claim and answers 409.
+                if !self.login_settle.is_zero() {
+                    tokio::time::sleep(self.login_settle).await;
+                }
+                Ok(())
+            }
             Claim::Busy => {
                 bump(&self.counters.login_conflicts);
                 Err(ProxyError::LoginInProgress)
@@ -415,33 +451,15 @@ impl Sessions {
                 }
                 // A parallel request rotated first; its successor gets our changes.
                 RotateOutcome::OldGone => {
-                    if let Lookup::Grace { successor, .. } =
-                        self.call("load", self.store.load(&cur.key)).await?
-                    {
-                        if !changes.is_empty() {
-                            self.call(
-                                "merge_vault",
-                                self.store
-                                    .merge_vault(&successor, &changes, now, expires_at),
-                            )
-                            .await?;
-                        }
-                    }
+                    self.merge(&cur.key, &changes, route, now, expires_at)
+                        .await?;
                     return Ok(None);
                 }
             }
         }
         if !changes.is_empty() {
-            if self
-                .call(
-                    "merge_vault",
-                    self.store.merge_vault(&cur.key, &changes, now, expires_at),
-                )
-                .await?
-                .is_none()
-            {
-                debug!(route, id_hash = %cur.key, "session ended while the request was in flight; app cookies dropped");
-            }
+            self.merge(&cur.key, &changes, route, now, expires_at)
+                .await?;
         } else if now.saturating_sub(rec.last_seen_at) >= ms(self.cfg.touch_interval) {
             // Activity bookkeeping only: a failure here must not fail the request.
             if let Err(e) = self
@@ -452,6 +470,43 @@ impl Sessions {
             }
         }
         Ok(None)
+    }
+
+    /// Stores captured app cookies in a session, following it to its successor when a
+    /// parallel request has just rotated it (the old key is in its grace window).
+    async fn merge(
+        &self,
+        key: &SessionKey,
+        changes: &[VaultChange],
+        route: &str,
+        now: u64,
+        expires_at: u64,
+    ) -> Result<(), ProxyError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let merged = self
+            .call(
+                "merge_vault",
+                self.store.merge_vault(key, changes, now, expires_at),
+            )
+            .await?;
+        if merged.is_some() {
+            return Ok(());
+        }
+        if let Lookup::Grace { successor, .. } = self.call("load", self.store.load(key)).await? {
+            let merged = self
+                .call(
+                    "merge_vault",
+                    self.store.merge_vault(&successor, changes, now, expires_at),
+                )
+                .await?;
+            if merged.is_some() {
+                return Ok(());
+            }
+        }
+        debug!(route, id_hash = %key, "session ended while the request was in flight; app cookies dropped");
+        Ok(())
     }
 
     /// Set-Cookie for a session; Max-Age runs to the absolute deadline.

@@ -36,7 +36,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, Route, RouteSession, StoreConfig};
+use crate::config::{Config, Route, RouteSession};
 use crate::cookies;
 use crate::error::ProxyError;
 use crate::listener::StartError;
@@ -44,7 +44,7 @@ use crate::rotate::Sessions;
 use crate::router::{request_host, Router};
 use crate::rules::{self, Outcome, ResponseView, Rule, SubjectSource};
 use crate::session::{self, ChaChaIds};
-use crate::store::{now_ms, MemoryStore, SessionStore};
+use crate::store::{now_ms, SessionStore};
 use crate::upstream::{
     is_upgrade_request, prepare_request, prepare_response, ConnInfo, UpstreamClient,
 };
@@ -60,14 +60,19 @@ pub struct AppState {
 
 impl AppState {
     /// `store` overrides the configured store (tests inject faults through it).
-    pub fn new(
+    pub async fn new(
         config: Arc<Config>,
         store: Option<Arc<dyn SessionStore>>,
     ) -> Result<AppState, StartError> {
-        let store = store.unwrap_or_else(|| match config.store {
-            StoreConfig::Memory { .. } => Arc::new(MemoryStore::new()),
-        });
+        let store = match store {
+            Some(s) => s,
+            None => crate::store::open(&config.store).await?,
+        };
         let ids = Arc::new(ChaChaIds::new()?);
+        let login_settle = match &config.store {
+            crate::config::StoreConfig::Firestore { cache_ttl, .. } => *cache_ttl,
+            _ => std::time::Duration::ZERO,
+        };
         Ok(AppState {
             router: Router::new(&config.routes),
             upstream: UpstreamClient::new(&config.upstream)?,
@@ -76,6 +81,7 @@ impl AppState {
                 store,
                 ids,
                 config.session.store_timeout,
+                login_settle,
             )),
             config,
         })
@@ -175,7 +181,9 @@ impl AppState {
         let (presented, kept) =
             session::split_request_cookies(req.headers(), &sessions.cfg.cookie_name, &rs.vault);
         let mut pairs: Vec<Vec<u8>> = kept.into_iter().map(<[u8]>::to_vec).collect();
-        let resolved = sessions.resolve(&presented, &route.name, now).await?;
+        let resolved = sessions
+            .resolve(&presented, &route.name, now, rs.on_store_failure)
+            .await?;
         let current = resolved.current.as_ref();
 
         // URL: session IDs in URLs are a fixation path of their own.

@@ -15,72 +15,17 @@ use std::time::Duration;
 use http::Request;
 use sessiongate::full_body;
 use sessiongate::rotate::SessionCounters;
-use support::legacy::LegacyApp;
+use support::legacy::{holding, login, sg, whoami, LegacyApp, SG};
 use support::*;
-
-const SG: &str = "__Host-sg";
-
-fn config(app: &LegacyApp, session: &str) -> String {
-    let extra: Vec<String> = (0..20).map(|i| format!("\"v{i}\"")).collect();
-    format!(
-        r#"
-[session]
-{session}
-[[routes]]
-upstream = "{up}"
-response_timeout = "2s"
-[routes.session]
-vault = ["SID", {extra}]
-[[routes.session.login]]
-path = "/login"
-success = {{ status = [303], header = {{ name = "location", regex = "^/home$" }} }}
-failure = {{ body_contains = "bad credentials" }}
-subject = {{ form_field = "username" }}
-[[routes.session.logout]]
-path = "/logout"
-methods = ["POST"]
-clear_site_data = true
-"#,
-        up = app.up.url(),
-        extra = extra.join(", ")
-    )
-}
 
 async fn start(session: &str) -> (LegacyApp, Proxy) {
     let app = LegacyApp::start().await;
-    let proxy = Proxy::start(&config(&app, session)).await;
+    let proxy = Proxy::start(&app.route_config(session)).await;
     (app, proxy)
 }
 
 fn count(c: &AtomicU64) -> u64 {
     SessionCounters::get(c)
-}
-
-async fn login(b: &mut Browser, user: &str) -> Reply {
-    b.post_form(
-        "/login",
-        &[("username", user), ("password", &format!("pw-{user}"))],
-    )
-    .await
-}
-
-async fn whoami(b: &mut Browser) -> String {
-    let r = b.get("/whoami").await;
-    assert_eq!(r.status, 200, "{r:?}");
-    r.text()
-}
-
-fn sg(b: &Browser) -> String {
-    b.cookie(SG)
-        .expect("the browser holds no sessiongate cookie")
-        .to_owned()
-}
-
-/// A second browser holding the same sessiongate cookie (a planted or stolen ID).
-fn holding(proxy: &Proxy, id: &str) -> Browser {
-    let mut b = Browser::new(proxy);
-    b.plant(SG, id);
-    b
 }
 
 #[tokio::test]
@@ -447,7 +392,8 @@ async fn store_failure_fails_closed_and_recovers() {
     let text = format!(
         "{}\n{}",
         base_config(&pki),
-        config(&app, "").replace("response_timeout = \"2s\"", "response_timeout = \"400ms\"")
+        app.route_config("")
+            .replace("response_timeout = \"2s\"", "response_timeout = \"400ms\"")
     );
     let proxy = Proxy::start_with_store(pki, &text, Some(store.clone())).await;
     let mut b = Browser::new(&proxy);

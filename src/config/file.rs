@@ -83,6 +83,32 @@ pub enum RawStore {
         #[serde(default = "defaults::sweep_interval", with = "humantime_serde")]
         sweep_interval: Duration,
     },
+    /// Embedded file store (one machine; sessions survive a restart).
+    // Internally tagged enums buffer their content, which loses toml's spans: these
+    // fields are plain, and their errors name the key without a line.
+    File {
+        path: PathBuf,
+        #[serde(default = "defaults::sweep_interval", with = "humantime_serde")]
+        sweep_interval: Duration,
+    },
+    /// Google Cloud Firestore, shared by every replica.
+    Firestore {
+        project_id: String,
+        #[serde(default = "defaults::database_id")]
+        database_id: String,
+        #[serde(default = "defaults::collection")]
+        collection: String,
+        /// How long a replica trusts its cached copy of a session: the bound on how
+        /// late it notices a revocation made by another replica.
+        #[serde(default = "defaults::cache_ttl", with = "humantime_serde")]
+        cache_ttl: Duration,
+        /// How long a cached session may still serve a route with
+        /// `on_store_failure = "serve_cached"` while the store is down.
+        #[serde(default = "defaults::cache_stale_for", with = "humantime_serde")]
+        cache_stale_for: Duration,
+        #[serde(default = "defaults::cache_max_entries")]
+        cache_max_entries: usize,
+    },
 }
 
 impl Default for RawStore {
@@ -215,6 +241,10 @@ pub struct RawRouteSession {
     /// `session.use_only_cookies=0` accept a session ID from any of them).
     #[serde(default = "defaults::yes")]
     pub strip_request_session_ids: bool,
+    /// What ordinary requests get while the session store is down. Logins and logouts
+    /// always fail closed.
+    #[serde(default)]
+    pub on_store_failure: StoreFailurePolicy,
     #[serde(default)]
     pub login: Vec<RawRule>,
     #[serde(default)]
@@ -293,6 +323,16 @@ pub struct RawCookiePolicy {
     /// SameSite but do not get HttpOnly.
     #[serde(default)]
     pub script_readable: Vec<CookieName>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreFailurePolicy {
+    /// 503 for every request that needs the store.
+    #[default]
+    FailClosed,
+    /// Keep serving sessions this replica has cached (up to `cache_stale_for`).
+    ServeCached,
 }
 
 /// How the `X-Forwarded-For`, `-Proto` and `-Host` headers reach the app.
@@ -564,6 +604,21 @@ mod defaults {
     }
     pub fn store_timeout() -> Duration {
         Duration::from_secs(2)
+    }
+    pub fn database_id() -> String {
+        "(default)".to_owned()
+    }
+    pub fn collection() -> String {
+        "sessiongate_sessions".to_owned()
+    }
+    pub fn cache_ttl() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn cache_stale_for() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn cache_max_entries() -> usize {
+        100_000
     }
     pub fn sweep_interval() -> Duration {
         Duration::from_secs(30)

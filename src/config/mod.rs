@@ -18,7 +18,7 @@ use std::time::Duration;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 
-pub use file::{ForwardedMode, SameSite};
+pub use file::{ForwardedMode, SameSite, StoreFailurePolicy};
 use file::{RawConfig, RawCriteria, RawRoute, RawRule};
 
 use crate::rules::{Criterion, PathMatch, Rule, SubjectSource};
@@ -52,7 +52,33 @@ pub struct SessionConfig {
 
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
-    Memory { sweep_interval: Duration },
+    Memory {
+        sweep_interval: Duration,
+    },
+    File {
+        path: PathBuf,
+        sweep_interval: Duration,
+    },
+    Firestore {
+        project_id: String,
+        database_id: String,
+        collection: String,
+        cache_ttl: Duration,
+        cache_stale_for: Duration,
+        cache_max_entries: usize,
+    },
+}
+
+impl StoreConfig {
+    /// How often expired sessions are swept (Firestore's TTL policy does it there).
+    pub fn sweep_interval(&self) -> Duration {
+        match self {
+            StoreConfig::Memory { sweep_interval } | StoreConfig::File { sweep_interval, .. } => {
+                *sweep_interval
+            }
+            StoreConfig::Firestore { .. } => Duration::from_secs(300),
+        }
+    }
 }
 
 /// A route's session protection, compiled.
@@ -60,6 +86,7 @@ pub enum StoreConfig {
 pub struct RouteSession {
     pub vault: Vec<String>,
     pub strip_request_session_ids: bool,
+    pub on_store_failure: StoreFailurePolicy,
     pub login: Vec<Rule>,
     pub logout: Vec<Rule>,
 }
@@ -377,9 +404,7 @@ fn validate(raw: RawConfig, text: &str, base: &Path) -> Result<Config, Vec<Probl
     }
     let upstream = validate_upstream(&raw, base, &mut p);
     let session = validate_session(&raw.session, &mut p);
-    let store = match raw.store {
-        file::RawStore::Memory { sweep_interval } => StoreConfig::Memory { sweep_interval },
-    };
+    let store = validate_store(raw.store, base, &mut p);
     let routes = validate_routes(&raw.routes, &session, &mut p);
 
     if p.list.is_empty() {
@@ -566,6 +591,73 @@ fn validate_upstream(raw: &RawConfig, base: &Path, p: &mut Problems) -> Upstream
     }
 }
 
+fn validate_store(raw: file::RawStore, base: &Path, p: &mut Problems) -> StoreConfig {
+    match raw {
+        file::RawStore::Memory { sweep_interval } => StoreConfig::Memory { sweep_interval },
+        file::RawStore::File {
+            path,
+            sweep_interval,
+        } => {
+            let resolved = resolve(base, &path);
+            if let Some(dir) = resolved.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if !dir.is_dir() {
+                    p.add(
+                        "store.path",
+                        None,
+                        format!(
+                            "directory {} does not exist: create it (writable by sessiongate)",
+                            dir.display()
+                        ),
+                    );
+                }
+            }
+            StoreConfig::File {
+                path: resolved,
+                sweep_interval,
+            }
+        }
+        file::RawStore::Firestore {
+            project_id,
+            database_id,
+            collection,
+            cache_ttl,
+            cache_stale_for,
+            cache_max_entries,
+        } => {
+            if project_id.trim().is_empty() {
+                p.add(
+                    "store.project_id",
+                    None,
+                    "the Google Cloud project ID is empty",
+                );
+            }
+            let c = &collection;
+            if c.is_empty() || c.contains('/') || c.starts_with("__") {
+                p.add(
+                    "store.collection",
+                    None,
+                    "a collection ID: not empty, no '/', not starting with '__'",
+                );
+            }
+            if cache_ttl.is_zero() {
+                p.add(
+                    "store.cache_ttl",
+                    None,
+                    "must be longer than zero (e.g. \"1s\")",
+                );
+            }
+            StoreConfig::Firestore {
+                project_id,
+                database_id,
+                collection,
+                cache_ttl,
+                cache_stale_for,
+                cache_max_entries: cache_max_entries.max(1),
+            }
+        }
+    }
+}
+
 fn validate_session(s: &file::RawSession, p: &mut Problems) -> SessionConfig {
     for (key, d) in [
         ("session.idle_timeout", s.idle_timeout),
@@ -637,6 +729,7 @@ fn validate_route_session(
     RouteSession {
         vault,
         strip_request_session_ids: r.strip_request_session_ids,
+        on_store_failure: r.on_store_failure,
         login,
         logout,
     }

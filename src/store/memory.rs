@@ -102,7 +102,6 @@ impl SessionStore for MemoryStore {
         if let Some(Entry::Live(r)) = self.map.get_mut(key).as_deref_mut() {
             r.last_seen_at = now;
             r.expires_at = expires_at;
-            r.version += 1;
         }
         Ok(())
     }

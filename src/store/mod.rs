@@ -9,6 +9,9 @@
 //! at once. Policy (lifetimes, what counts as expired) stays with the caller, which
 //! passes the resulting timestamps in.
 
+pub mod cache;
+pub mod file;
+pub mod firestore;
 pub mod memory;
 
 use async_trait::async_trait;
@@ -17,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::session::SessionKey;
 use crate::vault::{VaultChange, VaultCookie};
 
+pub use file::FileStore;
 pub use memory::MemoryStore;
 
 /// A live session. Times are Unix milliseconds.
@@ -33,7 +37,8 @@ pub struct SessionRecord {
     /// When the session dies if nothing happens: min(idle, absolute) as of the last
     /// write. Readers re-check expiry with the current config anyway.
     pub expires_at: u64,
-    /// Incremented by every write, for optimistic concurrency.
+    /// Incremented by every change to the session's content (not by `touch`), for
+    /// optimistic concurrency.
     pub version: u64,
     /// A login is in flight for this session until then; see `service`.
     pub login_claim_until: Option<u64>,
@@ -85,6 +90,18 @@ impl RevokeReason {
             RevokeReason::Expired => "expired",
             RevokeReason::LoginIncomplete => "login_incomplete",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<RevokeReason> {
+        [
+            RevokeReason::LoginRotated,
+            RevokeReason::PeriodicRotated,
+            RevokeReason::LoggedOut,
+            RevokeReason::Expired,
+            RevokeReason::LoginIncomplete,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
     }
 }
 
@@ -154,6 +171,13 @@ pub enum StoreError {
 pub trait SessionStore: Send + Sync + 'static {
     async fn load(&self, key: &SessionKey) -> Result<Lookup, StoreError>;
 
+    /// What this replica last knew about a key, however old (within the cache's limit),
+    /// for routes that may keep serving known sessions while the store is down. Stores
+    /// without a cache know nothing beyond `load`.
+    async fn load_stale(&self, _key: &SessionKey) -> Option<Lookup> {
+        None
+    }
+
     /// Creates a session; fails with [`StoreError::Conflict`] if the key exists.
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError>;
 
@@ -167,7 +191,9 @@ pub trait SessionStore: Send + Sync + 'static {
         expires_at: u64,
     ) -> Result<Option<SessionRecord>, StoreError>;
 
-    /// Records activity without other changes.
+    /// Records activity without other changes. Bookkeeping only: the version (which
+    /// counts changes to the session's content) stays, so a touch never makes a
+    /// concurrent rotation retry, and a backend can write it blind.
     async fn touch(&self, key: &SessionKey, now: u64, expires_at: u64) -> Result<(), StoreError>;
 
     /// Marks a login in flight, so that a second login on the same session is refused.
@@ -218,6 +244,36 @@ pub fn rotated_record(old: &SessionRecord, rotation: &Rotation) -> SessionRecord
     rec.version = 1;
     rec.login_claim_until = None;
     rec
+}
+
+/// Opens the configured store: the embedded ones directly, Firestore behind this
+/// replica's cache.
+pub async fn open(
+    config: &crate::config::StoreConfig,
+) -> Result<std::sync::Arc<dyn SessionStore>, StoreError> {
+    use crate::config::StoreConfig;
+    use std::sync::Arc;
+    Ok(match config {
+        StoreConfig::Memory { .. } => Arc::new(MemoryStore::new()),
+        StoreConfig::File { path, .. } => Arc::new(file::FileStore::open(path)?),
+        StoreConfig::Firestore {
+            project_id,
+            database_id,
+            collection,
+            cache_ttl,
+            cache_stale_for,
+            cache_max_entries,
+        } => {
+            let remote =
+                firestore::FirestoreStore::connect(project_id, database_id, collection).await?;
+            Arc::new(cache::CachedStore::new(
+                Arc::new(remote),
+                *cache_ttl,
+                *cache_stale_for,
+                *cache_max_entries,
+            ))
+        }
+    })
 }
 
 /// Current time in Unix milliseconds.

@@ -19,7 +19,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use sessiongate::{full_body, Body};
 
-use super::Upstream;
+use super::{Browser, Proxy, Reply, Upstream};
+
+/// sessiongate's cookie name in these tests (the default).
+pub const SG: &str = "__Host-sg";
 
 pub struct LegacyApp {
     pub up: Upstream,
@@ -33,6 +36,34 @@ impl LegacyApp {
         let s = sessions.clone();
         let up = Upstream::raw(move |req| handle(req, s.clone(), counter.clone())).await;
         LegacyApp { up, sessions }
+    }
+
+    /// A route to this app with session protection: `SID` and `v0`..`v19` vaulted, a
+    /// redirect-on-success login rule and a logout rule. `session` goes into `[session]`.
+    pub fn route_config(&self, session: &str) -> String {
+        let extra: Vec<String> = (0..20).map(|i| format!("\"v{i}\"")).collect();
+        format!(
+            r#"
+[session]
+{session}
+[[routes]]
+upstream = "{up}"
+response_timeout = "2s"
+[routes.session]
+vault = ["SID", {extra}]
+[[routes.session.login]]
+path = "/login"
+success = {{ status = [303], header = {{ name = "location", regex = "^/home$" }} }}
+failure = {{ body_contains = "bad credentials" }}
+subject = {{ form_field = "username" }}
+[[routes.session.logout]]
+path = "/logout"
+methods = ["POST"]
+clear_site_data = true
+"#,
+            up = self.up.url(),
+            extra = extra.join(", ")
+        )
     }
 
     /// Whether the app ever created a session under this ID.
@@ -145,4 +176,31 @@ async fn handle(
         b = b.header("set-cookie", c);
     }
     b.body(full_body(text)).unwrap()
+}
+
+pub async fn login(b: &mut Browser, user: &str) -> Reply {
+    b.post_form(
+        "/login",
+        &[("username", user), ("password", &format!("pw-{user}"))],
+    )
+    .await
+}
+
+pub async fn whoami(b: &mut Browser) -> String {
+    let r = b.get("/whoami").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    r.text()
+}
+
+pub fn sg(b: &Browser) -> String {
+    b.cookie(SG)
+        .expect("the browser holds no sessiongate cookie")
+        .to_owned()
+}
+
+/// A second browser holding the same sessiongate cookie (a planted or stolen ID).
+pub fn holding(proxy: &Proxy, id: &str) -> Browser {
+    let mut b = Browser::new(proxy);
+    b.plant(SG, id);
+    b
 }

@@ -721,3 +721,37 @@ mod faulty_impl {
         }
     }
 }
+
+// ---------------------------------------------------------------- Firestore
+
+/// A `[store]` table for Firestore on the emulator that `tests/run-all.sh` started
+/// (`FIRESTORE_EMULATOR_HOST`), in a collection of its own so tests never share data.
+pub fn firestore_store(tag: &str, cache_ttl: &str) -> String {
+    assert!(
+        std::env::var_os("FIRESTORE_EMULATOR_HOST").is_some(),
+        "FIRESTORE_EMULATOR_HOST is not set: run the suite with `bash tests/run-all.sh`, which starts the Firestore emulator"
+    );
+    format!(
+        "[store]\nkind = \"firestore\"\nproject_id = \"sessiongate-test\"\ncollection = \"{}\"\ncache_ttl = \"{cache_ttl}\"\n",
+        unique_name(tag)
+    )
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique_name(tag: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("{tag}_{nanos}_{n}_{}", std::process::id())
+}
+
+impl Browser {
+    /// Sends the next requests to another proxy (replica) of the same PKI.
+    pub fn on(&mut self, proxy: &Proxy) -> &mut Browser {
+        self.addr = proxy.addr;
+        self
+    }
+}

@@ -1,0 +1,386 @@
+//! A read cache in front of a remote store (Firestore), itself a [`SessionStore`], so the
+//! request path does not know it is there.
+//!
+//! - A session that is cached and fresh costs no store read at all.
+//! - One load per missed key is in flight at a time: concurrent requests for the same
+//!   session wait for that load instead of each reading the store.
+//! - Writes go to the store first and update this replica's cache only once they are
+//!   committed, so this replica never serves a state the store refused.
+//! - Other replicas learn of a revocation (logout, login rotation, expiry) through the
+//!   store: entries are fresh for `ttl` only, counted from the start of the read that
+//!   filled them, so a revoked ID is refused everywhere within `ttl`. A login waits `ttl`
+//!   after claiming its session, so that no replica can still serve the pre-login
+//!   session's vault while the app authenticates it.
+//! - The size is bounded: past `max_entries`, the oldest entries are dropped.
+//! - Stale entries are kept (up to `stale_for`) so that a route whose policy allows it can
+//!   keep serving known sessions while the store is down.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use tokio::sync::OnceCell;
+
+use super::{
+    Claim, Lookup, OldKey, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreError,
+};
+use crate::session::SessionKey;
+use crate::store::RevokeReason;
+use crate::vault::VaultChange;
+
+#[derive(Debug, Clone)]
+struct Cached {
+    lookup: Lookup,
+    at: Instant,
+}
+
+type Inflight = Arc<OnceCell<Result<Lookup, String>>>;
+
+pub struct CachedStore {
+    inner: Arc<dyn SessionStore>,
+    entries: DashMap<SessionKey, Cached>,
+    inflight: DashMap<SessionKey, Inflight>,
+    ttl: Duration,
+    stale_for: Duration,
+    max_entries: usize,
+}
+
+impl CachedStore {
+    pub fn new(
+        inner: Arc<dyn SessionStore>,
+        ttl: Duration,
+        stale_for: Duration,
+        max_entries: usize,
+    ) -> CachedStore {
+        CachedStore {
+            inner,
+            entries: DashMap::new(),
+            inflight: DashMap::new(),
+            ttl,
+            stale_for,
+            max_entries: max_entries.max(1),
+        }
+    }
+
+    fn put(&self, key: SessionKey, lookup: Lookup) {
+        self.put_as_of(key, lookup, Instant::now());
+    }
+
+    /// `as_of` is when the read that produced `lookup` *started*: a read that began
+    /// before another replica's write may return the older state, so freshness is
+    /// counted from the start. This is what lets a login wait out every replica's cached
+    /// copy of the session it claimed (see `rotate::Sessions::claim_login`).
+    fn put_as_of(&self, key: SessionKey, lookup: Lookup, as_of: Instant) {
+        if self.entries.len() >= self.max_entries && !self.entries.contains_key(&key) {
+            self.shrink();
+        }
+        self.entries.insert(key, Cached { lookup, at: as_of });
+    }
+
+    /// Drops the oldest tenth of the entries. O(n), but only when the cache is full.
+    fn shrink(&self) {
+        let mut ages: Vec<(Instant, SessionKey)> = self
+            .entries
+            .iter()
+            .map(|e| (e.value().at, *e.key()))
+            .collect();
+        ages.sort_unstable_by_key(|(at, _)| *at);
+        for (_, key) in ages.iter().take((self.max_entries / 10).max(1)) {
+            self.entries.remove(key);
+        }
+    }
+
+    /// Forgets a key (a revocation seen elsewhere).
+    pub fn evict(&self, key: &SessionKey) {
+        self.entries.remove(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn fresh(&self, key: &SessionKey) -> Option<Lookup> {
+        let e = self.entries.get(key)?;
+        (e.at.elapsed() < self.ttl).then(|| e.lookup.clone())
+    }
+}
+
+#[async_trait]
+impl SessionStore for CachedStore {
+    async fn load(&self, key: &SessionKey) -> Result<Lookup, StoreError> {
+        if let Some(hit) = self.fresh(key) {
+            return Ok(hit);
+        }
+        // Single flight: the first caller loads, the others await the same cell.
+        let cell = self.inflight.entry(*key).or_default().clone();
+        let result = cell
+            .get_or_init(|| async {
+                let started = Instant::now();
+                let r = self.inner.load(key).await.map_err(|e| e.to_string());
+                if let Ok(lookup) = &r {
+                    self.put_as_of(*key, lookup.clone(), started);
+                }
+                r
+            })
+            .await
+            .clone();
+        self.inflight.remove_if(key, |_, c| Arc::ptr_eq(c, &cell));
+        result.map_err(StoreError::Unavailable)
+    }
+
+    async fn load_stale(&self, key: &SessionKey) -> Option<Lookup> {
+        let e = self.entries.get(key)?;
+        (e.at.elapsed() < self.stale_for).then(|| e.lookup.clone())
+    }
+
+    async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
+        self.inner.create(key, record).await?;
+        self.put(*key, Lookup::Live(record.clone()));
+        Ok(())
+    }
+
+    async fn merge_vault(
+        &self,
+        key: &SessionKey,
+        changes: &[VaultChange],
+        now: u64,
+        expires_at: u64,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let r = self.inner.merge_vault(key, changes, now, expires_at).await;
+        match &r {
+            Ok(Some(rec)) => self.put(*key, Lookup::Live(rec.clone())),
+            _ => self.evict(key),
+        }
+        r
+    }
+
+    async fn touch(&self, key: &SessionKey, now: u64, expires_at: u64) -> Result<(), StoreError> {
+        self.inner.touch(key, now, expires_at).await?;
+        if let Some(mut e) = self.entries.get_mut(key) {
+            if let Lookup::Live(r) = &mut e.lookup {
+                r.last_seen_at = now;
+                r.expires_at = expires_at;
+            }
+        }
+        Ok(())
+    }
+
+    async fn claim_login(
+        &self,
+        key: &SessionKey,
+        until: u64,
+        now: u64,
+    ) -> Result<Claim, StoreError> {
+        // The claim lives in the store; the cached copy must not hide it from this
+        // replica's next read.
+        self.evict(key);
+        self.inner.claim_login(key, until, now).await
+    }
+
+    async fn release_login(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.evict(key);
+        self.inner.release_login(key).await
+    }
+
+    async fn rotate(
+        &self,
+        old: &SessionKey,
+        new: &SessionKey,
+        rotation: &Rotation,
+    ) -> Result<RotateOutcome, StoreError> {
+        let r = self.inner.rotate(old, new, rotation).await;
+        match &r {
+            Ok(RotateOutcome::Rotated(rec)) => {
+                self.put(*new, Lookup::Live(rec.clone()));
+                let old_state = match rotation.old_becomes {
+                    OldKey::Grace { until } => Lookup::Grace {
+                        successor: *new,
+                        until,
+                    },
+                    OldKey::Revoked { reason, .. } => Lookup::Revoked(reason),
+                };
+                self.put(*old, old_state);
+            }
+            _ => self.evict(old),
+        }
+        r
+    }
+
+    async fn revoke(
+        &self,
+        key: &SessionKey,
+        reason: RevokeReason,
+        keep_until: u64,
+    ) -> Result<bool, StoreError> {
+        let r = self.inner.revoke(key, reason, keep_until).await;
+        match &r {
+            Ok(_) => self.put(*key, Lookup::Revoked(reason)),
+            Err(_) => self.evict(key),
+        }
+        r
+    }
+
+    async fn sweep(&self, now: u64) -> Result<usize, StoreError> {
+        let stale_for = self.stale_for;
+        self.entries.retain(|_, e| e.at.elapsed() < stale_for);
+        self.inner.sweep(now).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts loads reaching the inner store, and makes them slow.
+    struct Counting {
+        inner: MemoryStore,
+        loads: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl SessionStore for Counting {
+        async fn load(&self, key: &SessionKey) -> Result<Lookup, StoreError> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.inner.load(key).await
+        }
+        async fn create(&self, k: &SessionKey, r: &SessionRecord) -> Result<(), StoreError> {
+            self.inner.create(k, r).await
+        }
+        async fn merge_vault(
+            &self,
+            k: &SessionKey,
+            c: &[VaultChange],
+            n: u64,
+            e: u64,
+        ) -> Result<Option<SessionRecord>, StoreError> {
+            self.inner.merge_vault(k, c, n, e).await
+        }
+        async fn touch(&self, k: &SessionKey, n: u64, e: u64) -> Result<(), StoreError> {
+            self.inner.touch(k, n, e).await
+        }
+        async fn claim_login(&self, k: &SessionKey, u: u64, n: u64) -> Result<Claim, StoreError> {
+            self.inner.claim_login(k, u, n).await
+        }
+        async fn release_login(&self, k: &SessionKey) -> Result<(), StoreError> {
+            self.inner.release_login(k).await
+        }
+        async fn rotate(
+            &self,
+            o: &SessionKey,
+            n: &SessionKey,
+            r: &Rotation,
+        ) -> Result<RotateOutcome, StoreError> {
+            self.inner.rotate(o, n, r).await
+        }
+        async fn revoke(
+            &self,
+            k: &SessionKey,
+            r: RevokeReason,
+            u: u64,
+        ) -> Result<bool, StoreError> {
+            self.inner.revoke(k, r, u).await
+        }
+        async fn sweep(&self, n: u64) -> Result<usize, StoreError> {
+            self.inner.sweep(n).await
+        }
+    }
+
+    fn counting() -> Arc<Counting> {
+        Arc::new(Counting {
+            inner: MemoryStore::new(),
+            loads: AtomicUsize::new(0),
+        })
+    }
+
+    #[tokio::test]
+    async fn one_load_per_missed_key_then_hits() {
+        let inner = counting();
+        let cache = Arc::new(CachedStore::new(
+            inner.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            100,
+        ));
+        let key = SessionKey([1; 32]);
+        inner
+            .inner
+            .create(&key, &SessionRecord::new_anonymous(1, u64::MAX, vec![]))
+            .await
+            .unwrap();
+        let loads: Vec<_> = (0..10)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.load(&key).await.unwrap() })
+            })
+            .collect();
+        for l in loads {
+            assert!(matches!(l.await.unwrap(), Lookup::Live(_)));
+        }
+        assert_eq!(
+            inner.loads.load(Ordering::SeqCst),
+            1,
+            "concurrent misses coalesce"
+        );
+        cache.load(&key).await.unwrap();
+        assert_eq!(
+            inner.loads.load(Ordering::SeqCst),
+            1,
+            "a fresh entry costs no read"
+        );
+    }
+
+    #[tokio::test]
+    async fn entries_expire_after_ttl_and_size_is_bounded() {
+        let inner = counting();
+        let cache = CachedStore::new(
+            inner.clone(),
+            Duration::from_millis(30),
+            Duration::from_secs(60),
+            10,
+        );
+        let key = SessionKey([2; 32]);
+        cache.load(&key).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        cache.load(&key).await.unwrap();
+        assert_eq!(inner.loads.load(Ordering::SeqCst), 2);
+        assert!(cache.load_stale(&key).await.is_some());
+        for i in 0..50u8 {
+            cache.load(&SessionKey([i + 10; 32])).await.unwrap();
+        }
+        assert!(cache.len() <= 10, "cache grew to {}", cache.len());
+    }
+
+    #[tokio::test]
+    async fn writes_update_this_replicas_view() {
+        let inner = counting();
+        let cache = CachedStore::new(
+            inner.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            100,
+        );
+        let key = SessionKey([3; 32]);
+        cache
+            .create(&key, &SessionRecord::new_anonymous(1, u64::MAX, vec![]))
+            .await
+            .unwrap();
+        assert!(matches!(cache.load(&key).await.unwrap(), Lookup::Live(_)));
+        cache
+            .revoke(&key, RevokeReason::LoggedOut, u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            cache.load(&key).await.unwrap(),
+            Lookup::Revoked(RevokeReason::LoggedOut)
+        );
+        assert_eq!(inner.loads.load(Ordering::SeqCst), 0);
+    }
+}

@@ -9,46 +9,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use support::legacy::{sg, whoami, LegacyApp, SG};
 use support::*;
-
-struct Sessiongate(Child);
-
-impl Drop for Sessiongate {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_proxy(config: &std::path::Path, emulator: &str) -> (Sessiongate, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sessiongate"))
-        .args(["--config", config.to_str().unwrap(), "--log-format", "json"])
-        .env("FIRESTORE_EMULATOR_HOST", emulator)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("sessiongate exited before listening")
-            .unwrap();
-        if line.contains("listening (plain HTTP)") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            break v["fields"]["addr"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (Sessiongate(child), addr)
-}
 
 #[tokio::test]
 async fn killed_mid_rotation_leaves_old_or_new_never_both() {
@@ -68,7 +33,9 @@ async fn killed_mid_rotation_leaves_old_or_new_never_both() {
     )
     .unwrap();
 
-    let (proxy, addr) = start_proxy(&config, &emulator.host);
+    let env = [("FIRESTORE_EMULATOR_HOST", emulator.host.as_str())];
+    let proxy = Sessiongate::spawn(&config, &env);
+    let addr = proxy.addr;
     let mut victim = Browser::direct(addr);
     assert_eq!(whoami(&mut victim).await, "anonymous");
     let pre_login = sg(&victim);
@@ -128,7 +95,8 @@ async fn killed_mid_rotation_leaves_old_or_new_never_both() {
     }
 
     // A restarted proxy never lets the pre-login ID through again.
-    let (_proxy, addr) = start_proxy(&config, &emulator.host);
+    let restarted = Sessiongate::spawn(&config, &env);
+    let addr = restarted.addr;
     let mut replay = Browser::direct(addr);
     replay.plant(SG, &pre_login);
     let r = replay.get("/whoami").await;

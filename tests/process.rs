@@ -1,13 +1,12 @@
-//! The `sessiongate` binary as an operator runs it: start-up log, serving, and SIGTERM
-//! ending in a drained exit 0.
+//! The `sessiongate` binary as an operator runs it: start-up log, serving, SIGTERM ending
+//! in a drained exit 0, and the file store keeping sessions across a restart.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use support::legacy::{login, sg, whoami, LegacyApp};
 use support::*;
 
 #[tokio::test]
@@ -27,49 +26,49 @@ async fn sigterm_drains_and_exits_zero() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sessiongate"))
-        .args(["--config", cfg.to_str().unwrap(), "--log-format", "json"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-
-    // The log names the bound address (port 0 was asked for).
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: std::net::SocketAddr = loop {
-        let line = lines
-            .next()
-            .expect("sessiongate exited before listening")
-            .unwrap();
-        if line.contains("listening (plain HTTP)") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            break v["fields"]["addr"].as_str().unwrap().parse().unwrap();
-        }
-    };
-
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let proxy = Sessiongate::spawn(&cfg, &[]);
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let mut h1 = H1::over(tcp).await;
     let in_flight = tokio::spawn(async move { h1.send(get("/slow")).await });
     tokio::time::sleep(Duration::from_millis(150)).await;
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (exit, log) = proxy.terminate().await;
     let r = within("in-flight request during shutdown", in_flight)
         .await
         .unwrap();
     assert_eq!(r.text(), "done");
-
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(
-        rest.iter().any(|l| l.contains("SIGTERM received")),
-        "{rest:?}"
+        log.iter().any(|l| l.contains("SIGTERM received")),
+        "{log:?}"
     );
-    assert!(rest.iter().any(|l| l.contains("drained")), "{rest:?}");
+    assert!(log.iter().any(|l| l.contains("drained")), "{log:?}");
+}
+
+/// A single sidecar on the file store keeps its sessions when it restarts.
+#[tokio::test]
+async fn file_store_sessions_survive_a_restart() {
+    let app = LegacyApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sg.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nplain_listen = \"127.0.0.1:0\"\n[store]\nkind = \"file\"\npath = \"{}\"\n{}",
+            dir.path().join("sessions.redb").display(),
+            app.route_config("")
+        ),
+    )
+    .unwrap();
+    let first = Sessiongate::spawn(&cfg, &[]);
+    let mut b = Browser::direct(first.addr);
+    assert_eq!(login(&mut b, "alice").await.status, 303);
+    let id = sg(&b);
+    let (exit, _) = first.terminate().await;
+    assert!(exit.success());
+
+    let second = Sessiongate::spawn(&cfg, &[]);
+    let mut again = Browser::direct(second.addr);
+    again.plant(support::legacy::SG, &id);
+    assert_eq!(whoami(&mut again).await, "alice");
 }

@@ -850,3 +850,80 @@ fn emulator_answers(host: &str) -> bool {
     let _ = s.read_to_string(&mut out);
     out.trim_end().ends_with("Ok")
 }
+
+// ---------------------------------------------------------------- the binary
+
+/// The `sessiongate` binary running as an operator runs it, with JSON logs collected.
+/// Dropping it kills it (SIGKILL).
+pub struct Sessiongate {
+    child: Option<std::process::Child>,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sessiongate {
+    /// Starts `sessiongate --config <config>` (which must listen on a plain port 0) and
+    /// waits for the line naming the bound address.
+    pub fn spawn(config: &Path, envs: &[(&str, &str)]) -> Sessiongate {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+            .args(["--config", config.to_str().unwrap(), "--log-format", "json"])
+            .envs(envs.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("sessiongate exited before listening")
+                .unwrap();
+            log.lock().unwrap().push(line.clone());
+            if line.contains("listening (plain HTTP)") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                break v["fields"]["addr"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        // Keep draining, so the child never blocks on a full pipe.
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Sessiongate {
+            child: Some(child),
+            addr,
+            log,
+        }
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let mut child = self.child.take().unwrap();
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        // The log thread ends with the pipe; give it a moment to flush.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = self.log.lock().unwrap().clone();
+        (status, log)
+    }
+}
+
+impl Drop for Sessiongate {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

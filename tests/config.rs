@@ -166,6 +166,55 @@ fn sessiongate(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
+fn check_accepts_every_shipped_example() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = sessiongate(&["check", "--config", path.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2,
+        "no example configs found in {}",
+        dir.display()
+    );
+}
+
+#[test]
+fn store_mistakes_are_reported() {
+    for (store, want) in [
+        ("[store]\nkind = \"redis\"\n", "unknown variant `redis`"),
+        (
+            "[store]\nkind = \"firestore\"\n",
+            "missing field `project_id`",
+        ),
+        (
+            "[store]\nkind = \"firestore\"\nproject_id = \"p\"\ncollection = \"a/b\"\n",
+            "store.collection",
+        ),
+        (
+            "[store]\nkind = \"file\"\npath = \"/nonexistent/dir/s.redb\"\n",
+            "/nonexistent/dir does not exist",
+        ),
+        (
+            "[store]\nkind = \"memory\"\ncache_ttl = \"1s\"\n",
+            "unknown field `cache_ttl`",
+        ),
+    ] {
+        assert_mentions(&error_of(&format!("{PLAIN}{ROUTE}{store}")), &[want]);
+    }
+}
+
+#[test]
 fn check_accepts_the_shipped_config() {
     let out = sessiongate(&["check", "--config", "config.toml"]);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -45,9 +45,8 @@ GSA="${GSA:-sessiongate@${PROJECT}.iam.gserviceaccount.com}"
 # Kubernetes service account of the pods running the sidecar, and its namespace.
 KSA="${KSA:-sessiongate}"
 KSA_NAMESPACE="${KSA_NAMESPACE:-default}"
-# Collection names: must match sessiongate's configuration.
+# Collection name: must match sessiongate's configuration (store.collection).
 SESSIONS_COLLECTION="${SESSIONS_COLLECTION:-sessiongate_sessions}"
-REVOCATIONS_COLLECTION="${REVOCATIONS_COLLECTION:-sessiongate_revocations}"
 # Set to 0 to skip the Workload Identity binding (e.g. when not running on GKE).
 SETUP_WORKLOAD_IDENTITY="${SETUP_WORKLOAD_IDENTITY:-1}"
 
@@ -66,10 +65,7 @@ SESSIONS_UNINDEXED_FIELDS=(
   successor
   reason
   grace_until
-)
-REVOCATIONS_UNINDEXED_FIELDS=(
-  at
-  expires_at
+  expires_at_ms
 )
 
 # --- Helpers --------------------------------------------------------------------------
@@ -124,7 +120,6 @@ exempt_fields() {
 
 log "Exempting fields from single-field indexing"
 exempt_fields "${SESSIONS_COLLECTION}" "${SESSIONS_UNINDEXED_FIELDS[@]}"
-exempt_fields "${REVOCATIONS_COLLECTION}" "${REVOCATIONS_UNINDEXED_FIELDS[@]}"
 
 # --- 4. TTL policies ------------------------------------------------------------------
 
@@ -133,7 +128,7 @@ exempt_fields "${REVOCATIONS_COLLECTION}" "${REVOCATIONS_UNINDEXED_FIELDS[@]}"
 # (typically within 24 h after expiry), which is why sessiongate checks expires_at on
 # every read as well.
 log "Enabling TTL on expires_at"
-for collection in "${SESSIONS_COLLECTION}" "${REVOCATIONS_COLLECTION}"; do
+for collection in "${SESSIONS_COLLECTION}"; do
   echo "TTL policy on ${collection}.expires_at"
   gc firestore fields ttls update expires_at \
     --database="${DATABASE}" \

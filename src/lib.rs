@@ -7,6 +7,7 @@
 //! app) -> `cookies` (harden every Set-Cookie on the way back). `config` is parsed and
 //! validated once at start-up; `error` maps every failure to one response.
 
+pub mod admin;
 pub mod body;
 pub mod config;
 pub mod cookies;
@@ -18,12 +19,13 @@ pub mod rules;
 pub mod service;
 pub mod session;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod vault;
 
 pub use config::Config;
-pub use listener::Server;
+pub use listener::{Server, ServerHandle};
 
 /// Boxed error used across body and client boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

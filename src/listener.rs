@@ -1,5 +1,5 @@
 //! Accepting connections: bind, accept loops, the connection cap, TLS handshakes with a
-//! deadline, and graceful drain.
+//! deadline, live reload, and graceful drain.
 //!
 //! An accept error is logged and the loop goes on (after a short pause, since the usual
 //! cause is running out of file descriptors). The connection cap is a semaphore taken
@@ -8,12 +8,21 @@
 //! every open connection is asked to finish its in-flight requests (HTTP/1 closes after
 //! the current response, HTTP/2 sends GOAWAY), and after the grace period whatever is
 //! left is dropped.
+//!
+//! Reload: everything a reload may change (routes, rules, certificates, limits) lives in
+//! one [`Live`] value behind an `ArcSwap`. A new connection takes the current one for its
+//! handshake and HTTP settings; each request takes the current one when it starts, so an
+//! open keep-alive connection moves to the new config at its next request while requests
+//! already in flight finish on the config they started with. Listener addresses and the
+//! session store are fixed for the life of the process.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -26,6 +35,8 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, ServerConfig};
 use crate::service::AppState;
+use crate::store::SessionStore;
+use crate::telemetry::{Metrics, OutcomeLabel};
 use crate::tls::TlsError;
 use crate::upstream::ConnInfo;
 
@@ -44,11 +55,109 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0} changed: restart sessiongate to apply it")]
+    NeedsRestart(&'static str),
+    #[error(transparent)]
+    Build(#[from] StartError),
+}
+
+/// What a reload swaps.
+pub struct Live {
+    pub state: Arc<AppState>,
+    tls: Option<TlsAcceptor>,
+    builder: auto::Builder<TokioExecutor>,
+    handshake_timeout: Duration,
+}
+
+impl Live {
+    async fn build(
+        config: Config,
+        store: Arc<dyn SessionStore>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Live, StartError> {
+        let config = Arc::new(config);
+        let tls = match &config.tls {
+            Some(tls) => Some(TlsAcceptor::from(crate::tls::server_config(tls)?)),
+            None => None,
+        };
+        let builder = connection_builder(&config.server);
+        let handshake_timeout = config.server.tls_handshake_timeout;
+        let state = Arc::new(AppState::new(config, store, metrics)?);
+        Ok(Live {
+            state,
+            tls,
+            builder,
+            handshake_timeout,
+        })
+    }
+}
+
+/// Controls a running server: reload, readiness, metrics.
+#[derive(Clone)]
+pub struct ServerHandle {
+    live: Arc<ArcSwap<Live>>,
+    store: Arc<dyn SessionStore>,
+    pub metrics: Arc<Metrics>,
+    draining: Arc<AtomicBool>,
+}
+
+impl ServerHandle {
+    pub fn current(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Applies a new, already validated config. Refused (and the old one kept) when it
+    /// changes what only a restart can: listener addresses or the session store.
+    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        let result = self.try_reload(config).await;
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        self.metrics.reloads.get_or_create(&OutcomeLabel { outcome }).inc();
+        result
+    }
+
+    async fn try_reload(&self, config: Config) -> Result<(), ReloadError> {
+        let old = self.current();
+        let was = &old.state.config;
+        if config.server.listen != was.server.listen
+            || config.server.plain_listen != was.server.plain_listen
+            || config.tls.is_some() != was.tls.is_some()
+        {
+            return Err(ReloadError::NeedsRestart("a listener address"));
+        }
+        if format!("{:?}", config.store) != format!("{:?}", was.store) {
+            return Err(ReloadError::NeedsRestart("[store]"));
+        }
+        if config.admin != was.admin {
+            return Err(ReloadError::NeedsRestart("[admin]"));
+        }
+        let live = Live::build(config, self.store.clone(), self.metrics.clone()).await?;
+        self.live.store(Arc::new(live));
+        Ok(())
+    }
+
+    /// Ready: serving, not draining, and the store answers within its deadline.
+    pub async fn ready(&self) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("draining");
+        }
+        let deadline = self.current().state.config.session.store_timeout;
+        // A key no session can have: the lookup costs one read and finds nothing.
+        let probe = crate::session::SessionKey([0; 32]);
+        match tokio::time::timeout(deadline, self.store.probe(&probe)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err("session store unreachable"),
+        }
+    }
+}
+
 /// A bound, not yet running, proxy.
 pub struct Server {
-    tls: Option<(TcpListener, TlsAcceptor)>,
+    tls: Option<TcpListener>,
     plain: Option<TcpListener>,
-    state: Arc<AppState>,
+    admin: Option<TcpListener>,
+    handle: ServerHandle,
 }
 
 impl Server {
@@ -60,43 +169,68 @@ impl Server {
     /// Like [`Server::bind`], on a given session store instead of the configured one.
     pub async fn bind_with_store(
         config: Config,
-        store: Option<Arc<dyn crate::store::SessionStore>>,
+        store: Option<Arc<dyn SessionStore>>,
     ) -> Result<Server, StartError> {
-        let config = Arc::new(config);
-        let state = Arc::new(AppState::new(config.clone(), store).await?);
+        let metrics = Arc::new(Metrics::new());
+        let store = match store {
+            Some(s) => s,
+            None => crate::store::open(&config.store, &metrics).await?,
+        };
+        if config.tls.as_ref().is_some_and(|t| t.self_signed_dev) {
+            warn!("DEVELOPMENT MODE: serving a self-signed certificate generated at start-up; do not use in production");
+        }
         let tls = match (config.server.listen, &config.tls) {
-            (Some(addr), Some(tls)) => {
-                let acceptor = TlsAcceptor::from(crate::tls::server_config(tls)?);
-                if tls.self_signed_dev {
-                    warn!("DEVELOPMENT MODE: serving a self-signed certificate generated at start-up; do not use in production");
-                }
-                Some((bind(addr).await?, acceptor))
-            }
+            (Some(addr), Some(_)) => Some(bind(addr).await?),
             _ => None,
         };
         let plain = match config.server.plain_listen {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        Ok(Server { tls, plain, state })
+        let admin = match config.admin.listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let live = Live::build(config, store.clone(), metrics.clone()).await?;
+        Ok(Server {
+            tls,
+            plain,
+            admin,
+            handle: ServerHandle {
+                live: Arc::new(ArcSwap::from_pointee(live)),
+                store,
+                metrics,
+                draining: Arc::new(AtomicBool::new(false)),
+            },
+        })
     }
 
     pub fn tls_addr(&self) -> Option<SocketAddr> {
-        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
-    }
-
-    /// The session lifecycle (store, counters), for tests and the admin listener.
-    pub fn sessions(&self) -> Arc<crate::rotate::Sessions> {
-        self.state.sessions.clone()
+        self.tls.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn plain_addr(&self) -> Option<SocketAddr> {
         self.plain.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// The session lifecycle (store, counters) of the current config.
+    pub fn sessions(&self) -> Arc<crate::rotate::Sessions> {
+        self.handle.current().state.sessions.clone()
+    }
+
     /// Serves until `shutdown` resolves, then drains for at most `shutdown_grace`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let server_cfg = self.state.config.server.clone();
+        let handle = self.handle;
+        let initial = handle.current();
+        let server_cfg = initial.state.config.server.clone();
         let conns = Arc::new(Semaphore::new(server_cfg.max_connections));
         // Shared with the accept loops, which hand each connection a watcher; once they
         // have stopped, this is the only reference left and can be consumed.
@@ -104,40 +238,39 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut loops = JoinSet::new();
 
-        let ctx = Arc::new(AcceptCtx {
-            state: self.state.clone(),
-            builder: connection_builder(&server_cfg),
-            handshake_timeout: server_cfg.tls_handshake_timeout,
-        });
         let listeners = self
             .tls
-            .map(|(l, acceptor)| (l, Some(acceptor)))
+            .map(|l| (l, true))
             .into_iter()
-            .chain(self.plain.map(|l| (l, None)));
-        for (listener, acceptor) in listeners {
+            .chain(self.plain.map(|l| (l, false)));
+        for (listener, tls) in listeners {
             if let Ok(addr) = listener.local_addr() {
-                let kind = if acceptor.is_some() {
-                    "TLS"
-                } else {
-                    "plain HTTP"
-                };
+                let kind = if tls { "TLS" } else { "plain HTTP" };
                 info!(%addr, "listening ({kind})");
             }
             loops.spawn(accept_loop(
                 listener,
-                acceptor,
-                ctx.clone(),
+                tls,
+                handle.clone(),
                 conns.clone(),
                 graceful.clone(),
                 stop_rx.clone(),
             ));
         }
+        let admin = self.admin.map(|l| {
+            if let Ok(addr) = l.local_addr() {
+                info!(%addr, "admin listening (healthz, readyz, metrics)");
+            }
+            tokio::spawn(crate::admin::serve(l, handle.clone(), stop_rx.clone()))
+        });
 
-        let sweep_interval = self.state.config.store.sweep_interval();
-        let sweeper = tokio::spawn(self.state.sessions.clone().sweep_forever(sweep_interval));
+        let sweep_interval = initial.state.config.store.sweep_interval();
+        let sweeper = tokio::spawn(initial.state.sessions.clone().sweep_forever(sweep_interval));
+        drop(initial);
 
         shutdown.await;
         sweeper.abort();
+        handle.draining.store(true, Ordering::Relaxed);
         info!(grace = ?server_cfg.shutdown_grace, "shutting down: no new connections, draining in-flight requests");
         let _ = stop_tx.send(true);
         while loops.join_next().await.is_some() {}
@@ -151,6 +284,9 @@ impl Server {
             Ok(()) => info!("drained; all connections closed"),
             Err(_) => warn!("grace period over; closing the remaining connections"),
         }
+        if let Some(admin) = admin {
+            admin.abort();
+        }
     }
 }
 
@@ -160,7 +296,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
-/// Connection-level HTTP settings, shared by every connection.
+/// Connection-level HTTP settings.
 fn connection_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
@@ -175,16 +311,10 @@ fn connection_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
     b
 }
 
-struct AcceptCtx {
-    state: Arc<AppState>,
-    builder: auto::Builder<TokioExecutor>,
-    handshake_timeout: Duration,
-}
-
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    ctx: Arc<AcceptCtx>,
+    tls: bool,
+    handle: ServerHandle,
     conns: Arc<Semaphore>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
@@ -209,12 +339,14 @@ async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let ctx = ctx.clone();
+        let handle = handle.clone();
         let watcher = graceful.watcher();
-        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            serve_connection(tcp, peer, tls, ctx, watcher).await;
+            let metrics = handle.metrics.clone();
+            metrics.active_connections.inc();
+            serve_connection(tcp, peer, tls, handle, watcher).await;
+            metrics.active_connections.dec();
         });
     }
 }
@@ -222,45 +354,48 @@ async fn accept_loop(
 async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
-    ctx: Arc<AcceptCtx>,
+    tls: bool,
+    handle: ServerHandle,
     watcher: Watcher,
 ) {
-    match tls {
-        None => {
-            serve_http(
-                TokioIo::new(tcp),
-                ConnInfo { peer, tls: false },
-                &ctx,
-                watcher,
-            )
-            .await
+    // The config current when the connection arrived sets its handshake and HTTP limits.
+    let live = handle.current();
+    let acceptor = match (tls, &live.tls) {
+        (false, _) => {
+            let conn = ConnInfo { peer, tls: false };
+            return serve_http(TokioIo::new(tcp), conn, &live, handle.clone(), watcher).await;
         }
-        Some(acceptor) => {
-            match tokio::time::timeout(ctx.handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => {
-                    serve_http(
-                        TokioIo::new(stream),
-                        ConnInfo { peer, tls: true },
-                        &ctx,
-                        watcher,
-                    )
-                    .await
-                }
-                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => debug!(%peer, "TLS handshake timed out"),
-            }
+        (true, Some(acceptor)) => acceptor.clone(),
+        (true, None) => return, // cannot happen: a TLS listener implies [tls]
+    };
+    match tokio::time::timeout(live.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => {
+            let conn = ConnInfo { peer, tls: true };
+            serve_http(TokioIo::new(stream), conn, &live, handle.clone(), watcher).await
+        }
+        Ok(Err(e)) => {
+            handle.metrics.tls_handshake_failures.inc();
+            debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            handle.metrics.tls_handshake_failures.inc();
+            debug!(%peer, "TLS handshake timed out");
         }
     }
 }
 
-async fn serve_http<IO>(io: TokioIo<IO>, conn: ConnInfo, ctx: &AcceptCtx, watcher: Watcher)
-where
+async fn serve_http<IO>(
+    io: TokioIo<IO>,
+    conn: ConnInfo,
+    live: &Live,
+    handle: ServerHandle,
+    watcher: Watcher,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = ctx.state.clone();
-    let svc = hyper::service::service_fn(move |req| state.clone().handle(conn, req));
-    let connection = ctx.builder.serve_connection_with_upgrades(io, svc);
+    // Each request runs on the config current when it starts.
+    let svc = hyper::service::service_fn(move |req| handle.current().state.clone().handle(conn, req));
+    let connection = live.builder.serve_connection_with_upgrades(io, svc);
     if let Err(e) = watcher.watch(connection.into_owned()).await {
         // Clients going away mid-request is routine; keep it out of the warn level.
         debug!(peer = %conn.peer, error = %e, "connection ended with an error");

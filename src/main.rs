@@ -96,10 +96,40 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let server = Server::bind(config).await?;
+        tokio::spawn(reload_on_sighup(cli.config.clone(), server.handle()));
         server.run(shutdown_signal()).await;
         info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// SIGHUP re-reads the config file and the certificates it names. A config that fails
+/// validation (or changes what needs a restart) is rejected with a log line, and the
+/// running one keeps serving.
+async fn reload_on_sighup(path: PathBuf, handle: sessiongate::ServerHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        error!("cannot install the SIGHUP handler; reload needs a restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        info!(config = %path.display(), "SIGHUP received: reloading");
+        let result = match Config::load(&path) {
+            Ok(config) => handle.reload(config).await.map_err(anyhow::Error::from),
+            Err(e) => {
+                handle
+                    .metrics
+                    .reloads
+                    .get_or_create(&sessiongate::telemetry::OutcomeLabel { outcome: "failure" })
+                    .inc();
+                Err(e.into())
+            }
+        };
+        match result {
+            Ok(()) => info!("config reloaded"),
+            Err(e) => error!("reload rejected, the previous config keeps serving: {e:#}"),
+        }
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

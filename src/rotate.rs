@@ -15,7 +15,6 @@
 //!   reported (hash prefix only) and the request continues without a session.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use http::HeaderValue;
 use tracing::{debug, info, warn};
 
 use crate::config::{SessionConfig, StoreFailurePolicy};
+use crate::telemetry::{Metrics, OpLabel, SessionCounters};
 use crate::error::ProxyError;
 use crate::session::{proxy_set_cookie, IdSource, Presented, SessionId, SessionKey};
 use crate::store::{
@@ -30,35 +30,6 @@ use crate::store::{
     StoreError,
 };
 use crate::vault::{self, VaultChange};
-
-/// Counters for the session lifecycle (exported as metrics by the admin listener).
-#[derive(Debug, Default)]
-pub struct SessionCounters {
-    pub created: AtomicU64,
-    pub login_rotated: AtomicU64,
-    pub periodic_rotated: AtomicU64,
-    pub logged_out: AtomicU64,
-    pub expired: AtomicU64,
-    /// Well-formed IDs that are rotated away, logged out, expired or unknown.
-    pub stale_ids: AtomicU64,
-    /// Cookie values that failed validation, or several conflicting values.
-    pub malformed_ids: AtomicU64,
-    pub vault_captured: AtomicU64,
-    pub login_success: AtomicU64,
-    pub login_failure: AtomicU64,
-    pub login_no_match: AtomicU64,
-    pub login_conflicts: AtomicU64,
-}
-
-impl SessionCounters {
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
 
 /// The session a request runs on.
 #[derive(Debug, Clone)]
@@ -85,7 +56,7 @@ pub struct Sessions {
     /// How long other replicas may serve a cached copy of a session (zero for a store no
     /// other process shares); a login waits this long after claiming.
     login_settle: Duration,
-    pub counters: SessionCounters,
+    pub metrics: Arc<Metrics>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -99,6 +70,7 @@ impl Sessions {
         ids: Arc<dyn IdSource>,
         store_timeout: Duration,
         login_settle: Duration,
+        metrics: Arc<Metrics>,
     ) -> Sessions {
         Sessions {
             cfg,
@@ -106,24 +78,39 @@ impl Sessions {
             ids,
             store_timeout,
             login_settle,
-            counters: SessionCounters::default(),
+            metrics,
         }
     }
 
-    /// Every store call goes through here: a deadline, and one error type.
+    pub fn counters(&self) -> &SessionCounters {
+        &self.metrics.sessions
+    }
+
+    /// Every store call goes through here: a deadline, one error type, and its latency
+    /// and failures counted per operation.
     async fn call<T>(
         &self,
         op: &'static str,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, ProxyError> {
-        match tokio::time::timeout(self.store_timeout, fut).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.store_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(ProxyError::Store { op, source: e }),
             Err(_) => Err(ProxyError::Store {
                 op,
                 source: StoreError::Timeout,
             }),
+        };
+        let label = OpLabel { op };
+        self.metrics
+            .store_seconds
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.metrics.store_errors.get_or_create(&label).inc();
         }
+        result
     }
 
     fn expires_at(&self, start: u64, now: u64) -> u64 {
@@ -144,7 +131,7 @@ impl Sessions {
     }
 
     fn stale(&self, route: &str, key: &SessionKey, kind: &str) {
-        bump(&self.counters.stale_ids);
+        self.counters().stale_ids.inc();
         warn!(target: "audit", event = "stale_id_presented", route, id_hash = %key, kind, "a rotated-away, logged-out, expired or unknown session ID was presented");
     }
 
@@ -161,7 +148,7 @@ impl Sessions {
         let id = match presented {
             Presented::Absent => return Ok(Resolved::default()),
             Presented::Malformed => {
-                bump(&self.counters.malformed_ids);
+                self.counters().malformed_ids.inc();
                 debug!(route, "malformed session cookie ignored");
                 return Ok(Resolved {
                     current: None,
@@ -170,7 +157,7 @@ impl Sessions {
             }
             Presented::Ambiguous => {
                 // Not expired: the browser would drop whichever value is ours.
-                bump(&self.counters.malformed_ids);
+                self.counters().malformed_ids.inc();
                 warn!(
                     route,
                     "several different session cookies presented (cookie tossing?); none trusted"
@@ -237,7 +224,7 @@ impl Sessions {
         };
         if let Some(until) = record.login_claim_until {
             if now < until {
-                bump(&self.counters.login_conflicts);
+                self.counters().login_conflicts.inc();
                 return Err(ProxyError::LoginInProgress);
             }
             // The login never completed: the app may have authenticated the vaulted
@@ -264,7 +251,7 @@ impl Sessions {
                     .revoke(&key, RevokeReason::Expired, self.tombstone_until(now)),
             )
             .await?;
-            bump(&self.counters.expired);
+            self.counters().expired.inc();
             info!(target: "audit", event = "expired", route, id_hash = %key);
             return Ok(Resolved {
                 current: None,
@@ -308,7 +295,7 @@ impl Sessions {
                 Ok(())
             }
             Claim::Busy => {
-                bump(&self.counters.login_conflicts);
+                self.counters().login_conflicts.inc();
                 Err(ProxyError::LoginInProgress)
             }
             Claim::Gone => Err(ProxyError::SessionChanged),
@@ -370,7 +357,7 @@ impl Sessions {
                 info!(target: "audit", event = "login_created", route, id_hash = %key, subject = subject.as_deref().unwrap_or("-"));
             }
         }
-        bump(&self.counters.login_rotated);
+        self.counters().login_rotated.inc();
         Ok(self.cookie_for(&id, now, now))
     }
 
@@ -388,7 +375,7 @@ impl Sessions {
                     .revoke(&cur.key, RevokeReason::LoggedOut, self.tombstone_until(now)),
             )
             .await?;
-            bump(&self.counters.logged_out);
+            self.counters().logged_out.inc();
             info!(target: "audit", event = "logged_out", route, id_hash = %cur.key, subject = cur.record.subject.as_deref().unwrap_or("-"));
         }
         Ok(self.expired_cookie())
@@ -405,9 +392,7 @@ impl Sessions {
         now: u64,
     ) -> Result<Option<HeaderValue>, ProxyError> {
         if !changes.is_empty() {
-            self.counters
-                .vault_captured
-                .fetch_add(changes.len() as u64, Ordering::Relaxed);
+            self.counters().vault_captured.inc_by(changes.len() as u64);
         }
         let Some(cur) = cur else {
             // Only a cookie worth keeping starts a session.
@@ -420,7 +405,7 @@ impl Sessions {
             vault::apply(&mut record.vault, &changes);
             self.call("create", self.store.create(&key, &record))
                 .await?;
-            bump(&self.counters.created);
+            self.counters().created.inc();
             info!(target: "audit", event = "created", route, id_hash = %key);
             return Ok(Some(self.cookie_for(&id, now, now)));
         };
@@ -445,7 +430,7 @@ impl Sessions {
                 .await?
             {
                 RotateOutcome::Rotated(_) => {
-                    bump(&self.counters.periodic_rotated);
+                    self.counters().periodic_rotated.inc();
                     info!(target: "audit", event = "periodic_rotated", route, old_id_hash = %cur.key, id_hash = %key);
                     return Ok(Some(self.cookie_for(&id, rec.lifetime_start(), now)));
                 }

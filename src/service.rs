@@ -45,6 +45,7 @@ use crate::router::{request_host, Router};
 use crate::rules::{self, Outcome, ResponseView, Rule, SubjectSource};
 use crate::session::{self, ChaChaIds};
 use crate::store::{now_ms, SessionStore};
+use crate::telemetry::{Metrics, RouteLabel};
 use crate::upstream::{
     is_upgrade_request, prepare_request, prepare_response, ConnInfo, UpstreamClient,
 };
@@ -54,20 +55,17 @@ use crate::{vault, Body};
 pub struct AppState {
     pub config: Arc<Config>,
     pub sessions: Arc<Sessions>,
+    metrics: Arc<Metrics>,
     router: Router,
     upstream: UpstreamClient,
 }
 
 impl AppState {
-    /// `store` overrides the configured store (tests inject faults through it).
-    pub async fn new(
+    pub fn new(
         config: Arc<Config>,
-        store: Option<Arc<dyn SessionStore>>,
+        store: Arc<dyn SessionStore>,
+        metrics: Arc<Metrics>,
     ) -> Result<AppState, StartError> {
-        let store = match store {
-            Some(s) => s,
-            None => crate::store::open(&config.store).await?,
-        };
         let ids = Arc::new(ChaChaIds::new()?);
         let login_settle = match &config.store {
             crate::config::StoreConfig::Firestore { cache_ttl, .. } => *cache_ttl,
@@ -82,7 +80,9 @@ impl AppState {
                 ids,
                 config.session.store_timeout,
                 login_settle,
+                metrics.clone(),
             )),
+            metrics,
             config,
         })
     }
@@ -111,6 +111,7 @@ impl AppState {
             warn!(route = %route_name, %method, %path, side = ?e.side(), error = %e, "request failed");
             e.into_response()
         });
+        self.metrics.count_request(&route_name, resp.status().as_u16());
         info!(
             target: "access",
             route = %route_name,
@@ -157,7 +158,15 @@ impl AppState {
         up_req: Request<Body>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Result<Response<Body>, ProxyError> {
-        let mut up_resp = self.upstream.send(route, up_req).await?;
+        let started = Instant::now();
+        let sent = self.upstream.send(route, up_req).await;
+        self.metrics
+            .upstream_seconds
+            .get_or_create(&RouteLabel {
+                route: route.name.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        let mut up_resp = sent?;
         if let (Some(client_upgrade), http::StatusCode::SWITCHING_PROTOCOLS) =
             (client_upgrade, up_resp.status())
         {
@@ -305,10 +314,7 @@ impl AppState {
         // Rotate: commit before the response (and its cookie) leaves.
         let mut set_cookie = match (login, logout, outcome) {
             (Some(_), _, Outcome::Success) => {
-                sessions
-                    .counters
-                    .login_success
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                sessions.counters().login_success.inc();
                 Some(
                     sessions
                         .login(current, changes, subject, &route.name, now)
@@ -324,13 +330,13 @@ impl AppState {
             }
             (login, _, outcome) => {
                 if login.is_some() {
-                    let c = &sessions.counters;
+                    let c = sessions.counters();
                     let counter = if outcome == Outcome::Failure {
                         &c.login_failure
                     } else {
                         &c.login_no_match
                     };
-                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    counter.inc();
                 }
                 if let Some(cur) = claimed {
                     sessions.release_login(cur).await?;

@@ -8,13 +8,13 @@
 
 mod support;
 
-use std::sync::atomic::AtomicU64;
+use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Request;
 use sessiongate::full_body;
-use sessiongate::rotate::SessionCounters;
+use sessiongate::telemetry::SessionCounters;
 use support::legacy::{holding, login, sg, whoami, LegacyApp, SG};
 use support::*;
 
@@ -24,7 +24,7 @@ async fn start(session: &str) -> (LegacyApp, Proxy) {
     (app, proxy)
 }
 
-fn count(c: &AtomicU64) -> u64 {
+fn count(c: &Counter) -> u64 {
     SessionCounters::get(c)
 }
 
@@ -54,7 +54,7 @@ async fn harvested_proxy_id_is_worthless_after_login() {
         attacker.cookie("SID").is_none(),
         "the app's cookie reached the browser"
     );
-    assert_eq!(count(&proxy.sessions.counters.created), 1);
+    assert_eq!(count(&proxy.sessions.counters().created), 1);
 
     // The victim's browser carries the planted ID and logs in.
     let mut victim = holding(&proxy, &planted);
@@ -65,11 +65,11 @@ async fn harvested_proxy_id_is_worthless_after_login() {
     assert_eq!(whoami(&mut victim).await, "alice");
 
     // The attacker's copy is dead, and reported.
-    let stale_before = count(&proxy.sessions.counters.stale_ids);
+    let stale_before = count(&proxy.sessions.counters().stale_ids);
     let mut replay = holding(&proxy, &planted);
     assert_eq!(whoami(&mut replay).await, "anonymous");
-    assert_eq!(count(&proxy.sessions.counters.stale_ids), stale_before + 1);
-    assert_eq!(count(&proxy.sessions.counters.login_rotated), 1);
+    assert_eq!(count(&proxy.sessions.counters().stale_ids), stale_before + 1);
+    assert_eq!(count(&proxy.sessions.counters().login_rotated), 1);
     // The app did authenticate its (vaulted) session: only the victim's new ID reaches it.
     assert!(app
         .sessions
@@ -138,8 +138,8 @@ async fn failed_login_stays_anonymous() {
     assert_eq!(r.text(), "bad credentials");
     assert_eq!(sg(&b), before, "a failed login must not rotate");
     assert_eq!(whoami(&mut b).await, "anonymous");
-    assert_eq!(count(&proxy.sessions.counters.login_failure), 1);
-    assert_eq!(count(&proxy.sessions.counters.login_rotated), 0);
+    assert_eq!(count(&proxy.sessions.counters().login_failure), 1);
+    assert_eq!(count(&proxy.sessions.counters().login_rotated), 0);
     // The session is usable again (its login claim was released).
     assert_eq!(login(&mut b, "alice").await.status, 303);
     assert_eq!(whoami(&mut b).await, "alice");
@@ -162,7 +162,7 @@ async fn logout_kills_the_session() {
         r.set_cookies()
     );
     assert!(b.cookie(SG).is_none());
-    assert_eq!(count(&proxy.sessions.counters.logged_out), 1);
+    assert_eq!(count(&proxy.sessions.counters().logged_out), 1);
     let mut replay = holding(&proxy, &id);
     assert_eq!(whoami(&mut replay).await, "anonymous");
 }
@@ -180,7 +180,7 @@ async fn idle_timeout_expires_sessions() {
     // ...and idleness kills it.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(whoami(&mut b).await, "anonymous");
-    assert_eq!(count(&proxy.sessions.counters.expired), 1);
+    assert_eq!(count(&proxy.sessions.counters().expired), 1);
 }
 
 #[tokio::test]
@@ -216,7 +216,7 @@ async fn periodic_rotation_keeps_the_old_id_for_its_grace_window_only() {
     assert_eq!(whoami(&mut b).await, "alice");
     let second = sg(&b);
     assert_ne!(first, second, "the session was not rotated");
-    assert_eq!(count(&proxy.sessions.counters.periodic_rotated), 1);
+    assert_eq!(count(&proxy.sessions.counters().periodic_rotated), 1);
 
     // An in-flight request with the old ID still works during the grace window...
     let mut in_flight = holding(&proxy, &first);
@@ -251,7 +251,7 @@ async fn malformed_cookie_values_are_no_session() {
         b"\xc3\xa9\xc3\xa9\xc3\xa9".to_vec(),
         vec![b'A'; 4000],
     ];
-    let before = count(&proxy.sessions.counters.malformed_ids);
+    let before = count(&proxy.sessions.counters().malformed_ids);
     for value in &bad {
         let mut line = format!("{SG}=").into_bytes();
         line.extend_from_slice(value);
@@ -274,7 +274,7 @@ async fn malformed_cookie_values_are_no_session() {
         assert!(!ours[0].contains(&valid));
     }
     assert_eq!(
-        count(&proxy.sessions.counters.malformed_ids),
+        count(&proxy.sessions.counters().malformed_ids),
         before + bad.len() as u64
     );
     assert_eq!(whoami(&mut good).await, "alice");
@@ -304,7 +304,7 @@ async fn many_users_at_once() {
         ids.insert(within("a user's session", t).await.unwrap());
     }
     assert_eq!(ids.len(), 40, "session IDs must be distinct");
-    assert_eq!(count(&proxy.sessions.counters.login_rotated), 40);
+    assert_eq!(count(&proxy.sessions.counters().login_rotated), 40);
 }
 
 #[tokio::test]

@@ -27,7 +27,18 @@ pub struct RawConfig {
     #[serde(default)]
     pub store: RawStore,
     #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+/// The admin listener: health, readiness and metrics for the orchestrator.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `IP:PORT`; keep it on 127.0.0.1 (or the pod network only): it is unauthenticated.
+    /// Without it there is no admin listener.
+    pub listen: Option<Spanned<String>>,
 }
 
 /// sessiongate's own session cookie and session lifetimes (all routes).

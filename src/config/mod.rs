@@ -34,7 +34,13 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub session: SessionConfig,
     pub store: StoreConfig,
+    pub admin: AdminConfig,
     pub routes: Vec<Arc<Route>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: Option<SocketAddr>,
 }
 
 /// sessiongate's own cookie and the session lifetimes.
@@ -406,6 +412,9 @@ fn validate(raw: RawConfig, text: &str, base: &Path) -> Result<Config, Vec<Probl
     let session = validate_session(&raw.session, &mut p);
     let store = validate_store(raw.store, base, &mut p);
     let routes = validate_routes(&raw.routes, &session, &mut p);
+    let admin = AdminConfig {
+        listen: parse_addr("admin.listen", &raw.admin.listen, &mut p),
+    };
 
     if p.list.is_empty() {
         Ok(Config {
@@ -414,6 +423,7 @@ fn validate(raw: RawConfig, text: &str, base: &Path) -> Result<Config, Vec<Probl
             upstream,
             session,
             store,
+            admin,
             routes,
         })
     } else {

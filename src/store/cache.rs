@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::OnceCell;
 
 use super::{
@@ -44,6 +45,8 @@ pub struct CachedStore {
     ttl: Duration,
     stale_for: Duration,
     max_entries: usize,
+    hits: Counter,
+    misses: Counter,
 }
 
 impl CachedStore {
@@ -60,7 +63,16 @@ impl CachedStore {
             ttl,
             stale_for,
             max_entries: max_entries.max(1),
+            hits: Counter::default(),
+            misses: Counter::default(),
         }
+    }
+
+    /// Counts hits and misses on the given (registered) counters.
+    pub fn with_counters(mut self, hits: Counter, misses: Counter) -> CachedStore {
+        self.hits = hits;
+        self.misses = misses;
+        self
     }
 
     fn put(&self, key: SessionKey, lookup: Lookup) {
@@ -114,8 +126,10 @@ impl CachedStore {
 impl SessionStore for CachedStore {
     async fn load(&self, key: &SessionKey) -> Result<Lookup, StoreError> {
         if let Some(hit) = self.fresh(key) {
+            self.hits.inc();
             return Ok(hit);
         }
+        self.misses.inc();
         // Single flight: the first caller loads, the others await the same cell.
         let cell = self.inflight.entry(*key).or_default().clone();
         let result = cell
@@ -131,6 +145,10 @@ impl SessionStore for CachedStore {
             .clone();
         self.inflight.remove_if(key, |_, c| Arc::ptr_eq(c, &cell));
         result.map_err(StoreError::Unavailable)
+    }
+
+    async fn probe(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.inner.probe(key).await
     }
 
     async fn load_stale(&self, key: &SessionKey) -> Option<Lookup> {

@@ -178,6 +178,12 @@ pub trait SessionStore: Send + Sync + 'static {
         None
     }
 
+    /// One real round trip to the backing store (readiness checks): never answered from
+    /// a cache.
+    async fn probe(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.load(key).await.map(drop)
+    }
+
     /// Creates a session; fails with [`StoreError::Conflict`] if the key exists.
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError>;
 
@@ -250,6 +256,7 @@ pub fn rotated_record(old: &SessionRecord, rotation: &Rotation) -> SessionRecord
 /// replica's cache.
 pub async fn open(
     config: &crate::config::StoreConfig,
+    metrics: &crate::telemetry::Metrics,
 ) -> Result<std::sync::Arc<dyn SessionStore>, StoreError> {
     use crate::config::StoreConfig;
     use std::sync::Arc;
@@ -266,12 +273,15 @@ pub async fn open(
         } => {
             let remote =
                 firestore::FirestoreStore::connect(project_id, database_id, collection).await?;
-            Arc::new(cache::CachedStore::new(
-                Arc::new(remote),
-                *cache_ttl,
-                *cache_stale_for,
-                *cache_max_entries,
-            ))
+            Arc::new(
+                cache::CachedStore::new(
+                    Arc::new(remote),
+                    *cache_ttl,
+                    *cache_stale_for,
+                    *cache_max_entries,
+                )
+                .with_counters(metrics.cache_hits.clone(), metrics.cache_misses.clone()),
+            )
         }
     })
 }

@@ -1,0 +1,1489 @@
+//! What the Firestore session store costs, measured against the real Firestore emulator
+//! with real proxies in front of a tiny legacy app:
+//!
+//! 1. store operations per 1000 proxied requests on a session whose cache entry is warm;
+//! 2. what one login costs in store operations (first visit, claim, rotation, ...);
+//! 3. latency of each store operation on the Firestore backend (the login rotation in
+//!    particular), and of a whole login through the proxy;
+//! 4. how long a logout on replica A takes to be honoured by replica B.
+//!
+//! Store operations are counted by a decorator *under* each replica's cache
+//! (`CachedStore` -> counter -> `FirestoreStore`): it sees exactly what reaches Firestore.
+//! Classification: `load` = 1 read; `create`, `touch` = 1 write; `merge_vault`,
+//! `claim_login`, `release_login`, `rotate`, `revoke` = 1 transaction = 1 read plus the
+//! writes its outcome implies (rotate: 2, the others: 1 or 0).
+//!
+//! `cargo bench --bench firestore_store` runs the full measurement; without `--bench`
+//! (`cargo test --all-targets`) it does a short run that still checks every invariant.
+//! Uses `FIRESTORE_EMULATOR_HOST` when set, else starts the emulator itself (jar at
+//! `$SESSIONGATE_FIRESTORE_EMULATOR_JAR` or the Debian package's path). The table is
+//! printed and written to `target/firestore_bench.md` (short runs:
+//! `target/firestore_bench.short.md`).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls_pki_types::{CertificateDer, ServerName};
+use sessiongate::config::StoreConfig;
+use sessiongate::session::SessionKey;
+use sessiongate::store::cache::CachedStore;
+use sessiongate::store::firestore::FirestoreStore;
+use sessiongate::store::{
+    Claim, Lookup, OldKey, RevokeReason, RotateOutcome, Rotation, SessionRecord, SessionStore,
+    StoreError,
+};
+use sessiongate::vault::{VaultChange, VaultCookie};
+use sessiongate::{Config, Server};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+const PROJECT: &str = "sessiongate-bench";
+const SG: &str = "__Host-sg";
+
+struct Plan {
+    full: bool,
+    /// Proxied requests per warm-cache run.
+    requests: usize,
+    logins: usize,
+    revocations: usize,
+    /// Samples per store operation in the backend latency run.
+    op_samples: usize,
+}
+
+// ---------------------------------------------------------------- the emulator
+
+/// The emulator this run talks to; kills the one it started when dropped.
+struct Emulator {
+    host: String,
+    child: Option<Child>,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Emulator {
+    /// Must run before any thread starts: it sets `FIRESTORE_EMULATOR_HOST`.
+    fn ensure() -> Emulator {
+        if let Some(host) = std::env::var("FIRESTORE_EMULATOR_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+        {
+            return Emulator { host, child: None };
+        }
+        let jar = std::env::var("SESSIONGATE_FIRESTORE_EMULATOR_JAR").unwrap_or_else(|_| {
+            "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar"
+                .to_owned()
+        });
+        assert!(
+            Path::new(&jar).is_file(),
+            "FIRESTORE_EMULATOR_HOST is not set and the emulator jar {jar} is missing: install google-cloud-cli-firestore-emulator (and a Java 17 runtime) or set SESSIONGATE_FIRESTORE_EMULATOR_JAR"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port for the emulator")
+            .port();
+        let log_path = target_dir().join("firestore-bench-emulator.log");
+        let _ = std::fs::create_dir_all(target_dir());
+        let log = std::fs::File::create(&log_path).expect("the emulator's log file");
+        let child = Command::new("java")
+            .arg("-cp")
+            .arg(&jar)
+            .arg("com.google.cloud.datastore.emulator.firestore.CloudFirestore")
+            .arg("start")
+            .arg("--host=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the emulator's log file"))
+            .stderr(log)
+            .spawn()
+            .expect("starting java (the Firestore emulator)");
+        let host = format!("127.0.0.1:{port}");
+        let mut emulator = Emulator {
+            host: host.clone(),
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !emulator_ok(port) {
+            let exited = emulator
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("the Firestore emulator exited ({status}):\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Firestore emulator did not answer within 90 s; see {}",
+                log_path.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::env::set_var("FIRESTORE_EMULATOR_HOST", &host);
+        emulator
+    }
+
+    fn started_here(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// `GET /` answers `Ok` once the emulator serves.
+fn emulator_ok(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut tcp) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+    else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+    if tcp
+        .write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut reply = String::new();
+    let _ = tcp.read_to_string(&mut reply);
+    reply
+        .split_once("\r\n\r\n")
+        .is_some_and(|(_, body)| body.trim() == "Ok")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+// ---------------------------------------------------------------- counting store
+
+const OPS: [&str; 9] = [
+    "load",
+    "create",
+    "touch",
+    "merge_vault",
+    "claim_login",
+    "release_login",
+    "rotate",
+    "revoke",
+    "sweep",
+];
+const LOAD: usize = 0;
+const CREATE: usize = 1;
+const TOUCH: usize = 2;
+const MERGE: usize = 3;
+const CLAIM: usize = 4;
+const RELEASE: usize = 5;
+const ROTATE: usize = 6;
+const REVOKE: usize = 7;
+const SWEEP: usize = 8;
+const TRANSACTIONS: [usize; 5] = [MERGE, CLAIM, RELEASE, ROTATE, REVOKE];
+
+/// Counts what reaches the wrapped store: calls, time spent, errors and document writes
+/// per operation.
+struct Counting {
+    inner: Arc<dyn SessionStore>,
+    calls: [AtomicU64; 9],
+    nanos: [AtomicU64; 9],
+    writes: [AtomicU64; 9],
+    errors: [AtomicU64; 9],
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Snap {
+    calls: [u64; 9],
+    nanos: [u64; 9],
+    writes: [u64; 9],
+    errors: [u64; 9],
+}
+
+impl Snap {
+    fn minus(&self, before: &Snap) -> Snap {
+        let mut d = Snap::default();
+        for i in 0..OPS.len() {
+            d.calls[i] = self.calls[i] - before.calls[i];
+            d.nanos[i] = self.nanos[i] - before.nanos[i];
+            d.writes[i] = self.writes[i] - before.writes[i];
+            d.errors[i] = self.errors[i] - before.errors[i];
+        }
+        d
+    }
+
+    fn add(&mut self, other: &Snap) {
+        for i in 0..OPS.len() {
+            self.calls[i] += other.calls[i];
+            self.nanos[i] += other.nanos[i];
+            self.writes[i] += other.writes[i];
+            self.errors[i] += other.errors[i];
+        }
+    }
+
+    /// Document reads: one per load and one per transaction (its read of the document).
+    fn reads(&self) -> u64 {
+        self.calls[LOAD] + TRANSACTIONS.iter().map(|&i| self.calls[i]).sum::<u64>()
+    }
+
+    fn reads_of(&self, op: usize) -> u64 {
+        match op {
+            SWEEP => 0,
+            _ => self.calls[op],
+        }
+    }
+
+    fn writes(&self) -> u64 {
+        self.writes.iter().sum()
+    }
+
+    fn transactions(&self) -> u64 {
+        TRANSACTIONS.iter().map(|&i| self.calls[i]).sum()
+    }
+
+    fn errors(&self) -> u64 {
+        self.errors.iter().sum()
+    }
+
+    fn mean_ms(&self, op: usize) -> f64 {
+        if self.calls[op] == 0 {
+            return 0.0;
+        }
+        self.nanos[op] as f64 / self.calls[op] as f64 / 1e6
+    }
+
+    /// `op xN (r reads, w writes)` for every operation that happened.
+    fn describe(&self) -> String {
+        let parts: Vec<String> = (0..OPS.len())
+            .filter(|&i| self.calls[i] > 0)
+            .map(|i| {
+                format!(
+                    "{} x{} ({}r {}w)",
+                    OPS[i],
+                    self.calls[i],
+                    self.reads_of(i),
+                    self.writes[i]
+                )
+            })
+            .collect();
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+impl Counting {
+    fn new(inner: Arc<dyn SessionStore>) -> Counting {
+        Counting {
+            inner,
+            calls: Default::default(),
+            nanos: Default::default(),
+            writes: Default::default(),
+            errors: Default::default(),
+        }
+    }
+
+    fn snap(&self) -> Snap {
+        let mut s = Snap::default();
+        for i in 0..OPS.len() {
+            s.calls[i] = self.calls[i].load(Ordering::SeqCst);
+            s.nanos[i] = self.nanos[i].load(Ordering::SeqCst);
+            s.writes[i] = self.writes[i].load(Ordering::SeqCst);
+            s.errors[i] = self.errors[i].load(Ordering::SeqCst);
+        }
+        s
+    }
+
+    async fn count<T>(
+        &self,
+        op: usize,
+        fut: impl Future<Output = Result<T, StoreError>>,
+        writes: impl FnOnce(&T) -> u64,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let r = fut.await;
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.calls[op].fetch_add(1, Ordering::SeqCst);
+        self.nanos[op].fetch_add(took, Ordering::SeqCst);
+        match &r {
+            Ok(v) => self.writes[op].fetch_add(writes(v), Ordering::SeqCst),
+            Err(_) => self.errors[op].fetch_add(1, Ordering::SeqCst),
+        };
+        r
+    }
+}
+
+#[async_trait]
+impl SessionStore for Counting {
+    async fn load(&self, key: &SessionKey) -> Result<Lookup, StoreError> {
+        self.count(LOAD, self.inner.load(key), |_| 0).await
+    }
+
+    async fn load_stale(&self, key: &SessionKey) -> Option<Lookup> {
+        self.inner.load_stale(key).await
+    }
+
+    async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
+        self.count(CREATE, self.inner.create(key, record), |_| 1)
+            .await
+    }
+
+    async fn merge_vault(
+        &self,
+        key: &SessionKey,
+        changes: &[VaultChange],
+        now: u64,
+        expires_at: u64,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        self.count(
+            MERGE,
+            self.inner.merge_vault(key, changes, now, expires_at),
+            |r| u64::from(r.is_some()),
+        )
+        .await
+    }
+
+    async fn touch(&self, key: &SessionKey, now: u64, expires_at: u64) -> Result<(), StoreError> {
+        self.count(TOUCH, self.inner.touch(key, now, expires_at), |_| 1)
+            .await
+    }
+
+    async fn claim_login(
+        &self,
+        key: &SessionKey,
+        until: u64,
+        now: u64,
+    ) -> Result<Claim, StoreError> {
+        self.count(CLAIM, self.inner.claim_login(key, until, now), |c| {
+            u64::from(*c == Claim::Claimed)
+        })
+        .await
+    }
+
+    async fn release_login(&self, key: &SessionKey) -> Result<(), StoreError> {
+        // At most one write (none when no claim was set); counted as one.
+        self.count(RELEASE, self.inner.release_login(key), |_| 1)
+            .await
+    }
+
+    async fn rotate(
+        &self,
+        old: &SessionKey,
+        new: &SessionKey,
+        rotation: &Rotation,
+    ) -> Result<RotateOutcome, StoreError> {
+        self.count(ROTATE, self.inner.rotate(old, new, rotation), |o| match o {
+            RotateOutcome::Rotated(_) => 2,
+            RotateOutcome::OldGone => 0,
+        })
+        .await
+    }
+
+    async fn revoke(
+        &self,
+        key: &SessionKey,
+        reason: RevokeReason,
+        keep_until: u64,
+    ) -> Result<bool, StoreError> {
+        self.count(REVOKE, self.inner.revoke(key, reason, keep_until), |&was| {
+            u64::from(was)
+        })
+        .await
+    }
+
+    async fn sweep(&self, now: u64) -> Result<usize, StoreError> {
+        self.count(SWEEP, self.inner.sweep(now), |_| 0).await
+    }
+}
+
+// ---------------------------------------------------------------- PKI
+
+struct Pki {
+    /// Holds the PEM files until the proxies have read them.
+    _dir: tempfile::TempDir,
+    ca: CertificateDer<'static>,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "sessiongate bench CA");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let leaf_key = KeyPair::generate().expect("leaf key");
+        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("leaf params")
+            .signed_by(&leaf_key, &Issuer::from_params(&ca_params, &ca_key))
+            .expect("leaf certificate");
+        let cert = dir.path().join("proxy.crt");
+        let key = dir.path().join("proxy.key");
+        std::fs::write(&cert, leaf.pem()).expect("writing the certificate");
+        std::fs::write(&key, leaf_key.serialize_pem()).expect("writing the key");
+        Pki {
+            ca: ca.der().clone(),
+            _dir: dir,
+            cert,
+            key,
+        }
+    }
+
+    fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).expect("trusting the CA");
+        let mut cfg = rustls::ClientConfig::builder_with_provider(sessiongate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    }
+}
+
+// ---------------------------------------------------------------- the legacy app
+
+/// A minimal legacy app: a server-side session per `SID` cookie (set on the first
+/// visit), `POST /login` (`password` = `pw-<username>`) -> 303 to `/home`,
+/// `GET /whoami` -> the user or `anonymous`, `POST /logout` -> `bye`.
+type AppSessions = Arc<Mutex<HashMap<String, Option<String>>>>;
+
+async fn start_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("app listener");
+    let addr = listener.local_addr().expect("app address");
+    let sessions: AppSessions = Arc::default();
+    let counter = Arc::new(AtomicU64::new(1));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (sessions, counter) = (sessions.clone(), counter.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    app(req, sessions.clone(), counter.clone())
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn app(
+    req: Request<Incoming>,
+    sessions: AppSessions,
+    counter: Arc<AtomicU64>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let sid = req
+        .headers()
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|p| p.trim().strip_prefix("SID=").map(str::to_owned));
+    let mut set_cookie = None;
+    let sid = sid.unwrap_or_else(|| {
+        let sid = format!("app{}", counter.fetch_add(1, Ordering::SeqCst));
+        set_cookie = Some(format!("SID={sid}; Path=/; HttpOnly"));
+        sid
+    });
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut sessions = sessions.lock().unwrap_or_else(PoisonError::into_inner);
+    sessions.entry(sid.clone()).or_insert(None);
+    let (status, location, text) = match (method.as_str(), path.as_str()) {
+        ("GET", "/whoami") => (
+            200,
+            None,
+            sessions
+                .get(&sid)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| "anonymous".into()),
+        ),
+        ("POST", "/login") => {
+            let form: HashMap<String, String> =
+                form_urlencoded::parse(&body).into_owned().collect();
+            let user = form.get("username").cloned().unwrap_or_default();
+            if !user.is_empty() && form.get("password") == Some(&format!("pw-{user}")) {
+                sessions.insert(sid, Some(user));
+                (303, Some("/home"), String::new())
+            } else {
+                (200, None, "bad credentials".into())
+            }
+        }
+        ("POST", "/logout") => {
+            sessions.remove(&sid);
+            (200, None, "bye".into())
+        }
+        _ => (200, None, format!("page {path}")),
+    };
+    drop(sessions);
+    let mut b = Response::builder().status(status);
+    if let Some(l) = location {
+        b = b.header("location", l);
+    }
+    if let Some(c) = set_cookie {
+        b = b.header("set-cookie", c);
+    }
+    Ok(b.body(Full::new(Bytes::from(text)))
+        .expect("a valid response"))
+}
+
+// ---------------------------------------------------------------- replicas
+
+struct Replica {
+    addr: SocketAddr,
+    counts: Arc<Counting>,
+    cache_ttl: Duration,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+fn replica_config(pki: &Pki, app: SocketAddr, collection: &str, cache_ttl: Option<&str>) -> String {
+    let ttl = cache_ttl.map_or(String::new(), |t| format!("cache_ttl = \"{t}\"\n"));
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+worker_threads = 2
+shutdown_grace = "1s"
+
+[[tls.certificates]]
+cert = "{cert}"
+key = "{key}"
+
+[store]
+kind = "firestore"
+project_id = "{PROJECT}"
+collection = "{collection}"
+{ttl}
+[[routes]]
+upstream = "http://{app}"
+response_timeout = "5s"
+[routes.session]
+vault = ["SID"]
+[[routes.session.login]]
+path = "/login"
+success = {{ status = [303], header = {{ name = "location", regex = "^/home$" }} }}
+failure = {{ body_contains = "bad credentials" }}
+subject = {{ form_field = "username" }}
+[[routes.session.logout]]
+path = "/logout"
+methods = ["POST"]
+"#,
+        cert = pki.cert.display(),
+        key = pki.key.display(),
+    )
+}
+
+/// A proxy built like production (`store::open`: Firestore behind this replica's cache),
+/// with the counter between the cache and Firestore.
+async fn start_replica(text: &str) -> Replica {
+    let config = Config::from_toml(text, Path::new("."))
+        .unwrap_or_else(|e| panic!("bench config rejected: {e}\n{text}"));
+    let StoreConfig::Firestore {
+        project_id,
+        database_id,
+        collection,
+        cache_ttl,
+        cache_stale_for,
+        cache_max_entries,
+    } = config.store.clone()
+    else {
+        panic!("the bench config must use the Firestore store");
+    };
+    let remote = FirestoreStore::connect(&project_id, &database_id, &collection)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to Firestore: {e}"));
+    let counts = Arc::new(Counting::new(Arc::new(remote)));
+    let store = Arc::new(CachedStore::new(
+        counts.clone(),
+        cache_ttl,
+        cache_stale_for,
+        cache_max_entries,
+    ));
+    let server = Server::bind_with_store(config, Some(store))
+        .await
+        .unwrap_or_else(|e| panic!("starting the proxy: {e}"));
+    let addr = server.tls_addr().expect("the TLS listener");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    Replica {
+        addr,
+        counts,
+        cache_ttl,
+        stop: Some(stop),
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    body: String,
+    /// `Some(Some(id))`: sessiongate set its cookie; `Some(None)`: it expired it.
+    sg: Option<Option<String>>,
+}
+
+/// One keep-alive HTTP/1.1 connection over TLS, holding sessiongate's cookie like a
+/// browser.
+struct Visitor {
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    send: Option<Sender>,
+    sg: Option<String>,
+}
+
+impl Visitor {
+    fn new(replica: &Replica, tls: &Arc<rustls::ClientConfig>) -> Visitor {
+        Visitor {
+            addr: replica.addr,
+            tls: tls.clone(),
+            send: None,
+            sg: None,
+        }
+    }
+
+    fn holding(replica: &Replica, tls: &Arc<rustls::ClientConfig>, id: &str) -> Visitor {
+        let mut v = Visitor::new(replica, tls);
+        v.sg = Some(id.to_owned());
+        v
+    }
+
+    async fn connect(&self) -> Sender {
+        let tcp = TcpStream::connect(self.addr).await.expect("connecting");
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("TLS handshake with the proxy");
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("HTTP/1.1 handshake");
+        tokio::spawn(conn);
+        send
+    }
+
+    async fn get(&mut self, path: &str) -> Reply {
+        self.send(Method::GET, path, None).await
+    }
+
+    async fn post(&mut self, path: &str, form: &str) -> Reply {
+        self.send(Method::POST, path, Some(form)).await
+    }
+
+    async fn send(&mut self, method: Method, path: &str, form: Option<&str>) -> Reply {
+        let what = format!("{method} {path} via {}", self.addr);
+        tokio::time::timeout(Duration::from_secs(20), self.send_inner(method, path, form))
+            .await
+            .unwrap_or_else(|_| panic!("no answer to {what} within 20 s"))
+    }
+
+    async fn send_inner(&mut self, method: Method, path: &str, form: Option<&str>) -> Reply {
+        // Reconnect once if the proxy closed the idle connection before we sent.
+        let mut send = match self.send.take() {
+            Some(mut s) => match s.ready().await {
+                Ok(()) => Some(s),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        if send.is_none() {
+            let mut s = self.connect().await;
+            s.ready().await.expect("a fresh connection is ready");
+            send = Some(s);
+        }
+        let mut send = send.expect("connected");
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost");
+        if let Some(id) = &self.sg {
+            req = req.header("cookie", format!("{SG}={id}"));
+        }
+        let body = match form {
+            Some(f) => {
+                req = req.header("content-type", "application/x-www-form-urlencoded");
+                Bytes::from(f.to_owned())
+            }
+            None => Bytes::new(),
+        };
+        let req = req.body(Full::new(body)).expect("a valid request");
+        let resp = send.send_request(req).await.expect("a response");
+        self.send = Some(send);
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("the body").to_bytes();
+        let sg = parts
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|line| line.strip_prefix(&format!("{SG}=")).map(str::to_owned))
+            .map(|line| {
+                let value = line.split(';').next().unwrap_or_default().to_owned();
+                (!line.contains("Max-Age=0;") && !value.is_empty()).then_some(value)
+            });
+        if let Some(change) = &sg {
+            self.sg = change.clone();
+        }
+        Reply {
+            status: parts.status.as_u16(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+            sg,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- statistics
+
+/// Nearest-rank percentile.
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn sorted(mut v: Vec<Duration>) -> Vec<Duration> {
+    v.sort_unstable();
+    v
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn now_ms() -> u64 {
+    sessiongate::store::now_ms()
+}
+
+fn unique(tag: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{tag}_{nanos}_{}", std::process::id())
+}
+
+fn key(run: u64, i: usize, which: u8) -> SessionKey {
+    let mut b = [0u8; 32];
+    b[..8].copy_from_slice(&run.to_le_bytes());
+    b[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+    b[16] = which;
+    SessionKey(b)
+}
+
+// ---------------------------------------------------------------- measurements
+
+struct OpLatency {
+    name: &'static str,
+    samples: Vec<Duration>,
+}
+
+/// Each store operation directly on the Firestore backend (no cache), one session per
+/// sample: create, load, touch, merge_vault, claim_login, rotate (login), revoke.
+async fn backend_latency(store: &FirestoreStore, samples: usize) -> Vec<OpLatency> {
+    let names = [
+        "create",
+        "load",
+        "touch",
+        "merge_vault",
+        "claim_login",
+        "rotate (login)",
+        "revoke",
+    ];
+    let mut out: Vec<OpLatency> = names
+        .iter()
+        .map(|&name| OpLatency {
+            name,
+            samples: Vec::with_capacity(samples),
+        })
+        .collect();
+    let run = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let cookie = |v: &str| VaultCookie {
+        name: "SID".into(),
+        value: v.into(),
+        path: "/".into(),
+        expires_at: None,
+    };
+    for i in 0..samples {
+        let (old, new) = (key(run, i, 1), key(run, i, 2));
+        let now = now_ms();
+        let expires = now + 30 * 60 * 1000;
+        let rec = SessionRecord::new_anonymous(now, expires, vec![cookie("app1")]);
+        let mut t = Instant::now();
+        let mut lap = |slot: usize, out: &mut Vec<OpLatency>| {
+            out[slot].samples.push(t.elapsed());
+            t = Instant::now();
+        };
+        store.create(&old, &rec).await.expect("create");
+        lap(0, &mut out);
+        let l = store.load(&old).await.expect("load");
+        lap(1, &mut out);
+        assert!(matches!(l, Lookup::Live(_)), "a created session loads live");
+        store.touch(&old, now + 1, expires).await.expect("touch");
+        lap(2, &mut out);
+        let merged = store
+            .merge_vault(&old, &[VaultChange::Set(cookie("app2"))], now + 2, expires)
+            .await
+            .expect("merge_vault");
+        lap(3, &mut out);
+        assert!(merged.is_some(), "merge_vault on a live session");
+        let claim = store
+            .claim_login(&old, now + 60_000, now + 3)
+            .await
+            .expect("claim_login");
+        lap(4, &mut out);
+        assert_eq!(claim, Claim::Claimed);
+        let rotation = Rotation {
+            changes: Vec::new(),
+            authenticate: Some(Some(format!("user{i}"))),
+            now: now + 4,
+            expires_at: expires,
+            old_becomes: OldKey::Revoked {
+                reason: RevokeReason::LoginRotated,
+                keep_until: expires,
+            },
+        };
+        let rotated = store.rotate(&old, &new, &rotation).await.expect("rotate");
+        lap(5, &mut out);
+        assert!(
+            matches!(rotated, RotateOutcome::Rotated(_)),
+            "rotation of a live session"
+        );
+        let revoked = store
+            .revoke(&new, RevokeReason::LoggedOut, expires)
+            .await
+            .expect("revoke");
+        lap(6, &mut out);
+        assert!(revoked, "revoking the live successor");
+    }
+    for o in &mut out {
+        o.samples.sort_unstable();
+    }
+    out
+}
+
+struct LoginSample {
+    cold: bool,
+    latency: Duration,
+    first_visit: Snap,
+    login: Snap,
+    after: Snap,
+    other_replica: Snap,
+}
+
+/// A visitor's first request (the app sets its session cookie), optionally a pause
+/// longer than the cache TTL (a person typing a password), the login, and the first
+/// request after it; each step's store operations on `a` counted separately.
+async fn login_once(
+    a: &Replica,
+    others: &[&Replica],
+    tls: &Arc<rustls::ClientConfig>,
+    user: &str,
+    cold: bool,
+) -> (LoginSample, Visitor) {
+    let others_before: Vec<Snap> = others.iter().map(|r| r.counts.snap()).collect();
+    let mut v = Visitor::new(a, tls);
+    let s0 = a.counts.snap();
+    let r = v.get("/whoami").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "anonymous"), "{r:?}");
+    let anonymous = v.sg.clone().expect("the first visit gets a session cookie");
+    let first_visit = a.counts.snap().minus(&s0);
+    if cold {
+        tokio::time::sleep(a.cache_ttl + Duration::from_millis(100)).await;
+    }
+    let s1 = a.counts.snap();
+    let t = Instant::now();
+    let r = v
+        .post("/login", &format!("username={user}&password=pw-{user}"))
+        .await;
+    let latency = t.elapsed();
+    let login = a.counts.snap().minus(&s1);
+    assert_eq!(r.status, 303, "login: {r:?}");
+    let signed_in = v.sg.clone().expect("the login sets a session cookie");
+    assert_ne!(signed_in, anonymous, "the login must mint a new ID");
+    let s2 = a.counts.snap();
+    let r = v.get("/whoami").await;
+    assert_eq!((r.status, r.body.as_str()), (200, user), "{r:?}");
+    let after = a.counts.snap().minus(&s2);
+    let mut other_replica = Snap::default();
+    for (r, before) in others.iter().zip(&others_before) {
+        other_replica.add(&r.counts.snap().minus(before));
+    }
+    (
+        LoginSample {
+            cold,
+            latency,
+            first_visit,
+            login,
+            after,
+            other_replica,
+        },
+        v,
+    )
+}
+
+struct WarmRun {
+    ttl: Duration,
+    requests: usize,
+    elapsed: Duration,
+    ops: Snap,
+    latencies: Vec<Duration>,
+}
+
+/// `n` requests on one keep-alive connection for a session already in the replica's
+/// cache (one request before the count loads it).
+async fn warm_run(
+    replica: &Replica,
+    tls: &Arc<rustls::ClientConfig>,
+    id: &str,
+    user: &str,
+    n: usize,
+) -> WarmRun {
+    let mut v = Visitor::holding(replica, tls, id);
+    let r = v.get("/whoami").await;
+    assert_eq!(r.body, user, "warm-up: {r:?}");
+    let before = replica.counts.snap();
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = v.get("/whoami").await;
+        latencies.push(t.elapsed());
+        assert_eq!((r.status, r.body.as_str()), (200, user), "{r:?}");
+        assert!(r.sg.is_none(), "no cookie change on an ordinary request");
+    }
+    let elapsed = started.elapsed();
+    WarmRun {
+        ttl: replica.cache_ttl,
+        requests: n,
+        elapsed,
+        ops: replica.counts.snap().minus(&before),
+        latencies: sorted(latencies),
+    }
+}
+
+struct Revocation {
+    delay: Duration,
+    logout: Snap,
+    b_reads_per_s: f64,
+}
+
+/// Log in on A, keep the ID hot on B (a poller every 10 ms), log out on A after a
+/// pause spreading the logout's phase over B's cache period, and time until B refuses.
+async fn revocation_trial(
+    a: &Replica,
+    b: &Replica,
+    tls: &Arc<rustls::ClientConfig>,
+    trial: usize,
+    trials: usize,
+) -> Revocation {
+    let user = format!("rv{trial}");
+    let (_, mut v) = login_once(a, &[b], tls, &user, false).await;
+    let id = v.sg.clone().expect("signed in");
+    let mut thief = Visitor::holding(b, tls, &id);
+    let r = thief.get("/whoami").await;
+    assert_eq!(
+        r.body, user,
+        "replica B serves the session A created: {r:?}"
+    );
+    let b_before = b.counts.snap();
+    let b_started = Instant::now();
+    let poller = tokio::spawn(async move {
+        loop {
+            let r = thief.get("/whoami").await;
+            if r.body != user {
+                assert_eq!(r.body, "anonymous", "{r:?}");
+                return Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let phase = a.cache_ttl.mul_f64((trial as f64 + 0.5) / trials as f64);
+    tokio::time::sleep(phase).await;
+    assert!(!poller.is_finished(), "B refused the ID before the logout");
+    let s = a.counts.snap();
+    let r = v.post("/logout", "").await;
+    let logged_out = Instant::now();
+    let logout = a.counts.snap().minus(&s);
+    assert_eq!((r.status, r.body.as_str()), (200, "bye"), "{r:?}");
+    assert_eq!(r.sg, Some(None), "the logout expires sessiongate's cookie");
+    let refused = tokio::time::timeout(a.cache_ttl * 5, poller)
+        .await
+        .unwrap_or_else(|_| panic!("replica B still honours a logged-out ID after 5 x cache_ttl"))
+        .expect("the poller");
+    let b_ops = b.counts.snap().minus(&b_before);
+    let b_reads_per_s = b_ops.calls[LOAD] as f64 / b_started.elapsed().as_secs_f64();
+    // A refuses at once: its cache holds the tombstone.
+    let mut on_a = Visitor::holding(a, tls, &id);
+    let r = on_a.get("/whoami").await;
+    assert_eq!(
+        r.body, "anonymous",
+        "replica A refuses its own logout: {r:?}"
+    );
+    Revocation {
+        delay: refused.saturating_duration_since(logged_out),
+        logout,
+        b_reads_per_s,
+    }
+}
+
+// ---------------------------------------------------------------- the run
+
+struct Results {
+    backend: Vec<OpLatency>,
+    logins: Vec<LoginSample>,
+    warm: Vec<WarmRun>,
+    revocations: Vec<Revocation>,
+    cache_ttl: Duration,
+}
+
+async fn measure(plan: &Plan) -> Results {
+    let collection = unique("bench");
+    let backend_store = FirestoreStore::connect(PROJECT, "(default)", &collection)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to Firestore: {e}"));
+    let backend = backend_latency(&backend_store, plan.op_samples).await;
+
+    let pki = Pki::new();
+    let tls = pki.client_config();
+    let app = start_app().await;
+    // A and B: two replicas with the default cache_ttl, sharing one collection.
+    let text = replica_config(&pki, app, &collection, None);
+    let a = start_replica(&text).await;
+    let b = start_replica(&text).await;
+    assert_eq!(
+        a.cache_ttl,
+        Duration::from_secs(1),
+        "the default cache_ttl is 1s"
+    );
+    // Let the sweep that each replica runs at start-up pass out of the counts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut logins = Vec::new();
+    let mut last = None;
+    for i in 0..plan.logins {
+        let user = format!("user{i}");
+        let (sample, v) = login_once(&a, &[&b], &tls, &user, i % 2 == 0).await;
+        logins.push(sample);
+        last = Some((v, user));
+    }
+    let (v, user) = last.expect("at least one login");
+    let id = v.sg.clone().expect("signed in");
+
+    let mut warm = vec![warm_run(&a, &tls, &id, &user, plan.requests).await];
+    // C: a replica whose cache outlives the run, so "warm" holds throughout.
+    let c = start_replica(&replica_config(&pki, app, &collection, Some("1h"))).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    warm.push(warm_run(&c, &tls, &id, &user, plan.requests).await);
+    drop(c);
+
+    let mut revocations = Vec::new();
+    for t in 0..plan.revocations {
+        revocations.push(revocation_trial(&a, &b, &tls, t, plan.revocations).await);
+    }
+    drop(pki);
+    Results {
+        backend,
+        logins,
+        warm,
+        revocations,
+        cache_ttl: a.cache_ttl,
+    }
+}
+
+/// The invariants the README's claims rest on; a violation fails the run.
+fn check(r: &Results) {
+    for w in &r.warm {
+        assert_eq!(w.ops.errors(), 0, "store errors: {}", w.ops.describe());
+        assert_eq!(
+            w.ops.transactions(),
+            0,
+            "ordinary requests must not run transactions: {}",
+            w.ops.describe()
+        );
+        assert!(
+            w.ops.writes() <= 5,
+            "at most a handful of writes per {} requests: {}",
+            w.requests,
+            w.ops.describe()
+        );
+        // A fresh entry costs nothing; an expired one costs one read per TTL period
+        // (the entry may have been nearly expired when the run began: hence the +1).
+        let periods = (w.elapsed.as_secs_f64() / w.ttl.as_secs_f64()).floor() as u64 + 1;
+        assert!(
+            w.ops.reads() <= periods,
+            "{} reads in {:?} with cache_ttl {:?}: more than one per TTL period ({})",
+            w.ops.reads(),
+            w.elapsed,
+            w.ttl,
+            w.ops.describe()
+        );
+        if w.ttl > w.elapsed * 2 {
+            // The warm-up request filled the entry just before: it stayed fresh.
+            assert_eq!(w.ops.reads(), 0, "warm cache: {}", w.ops.describe());
+        }
+    }
+    for (i, l) in r.logins.iter().enumerate() {
+        let ops = &l.login;
+        assert_eq!(ops.errors(), 0, "login {i}: {}", ops.describe());
+        assert_eq!(
+            (ops.calls[CLAIM], ops.calls[ROTATE]),
+            (1, 1),
+            "login {i}: one claim and one rotation: {}",
+            ops.describe()
+        );
+        assert_eq!((ops.writes[CLAIM], ops.writes[ROTATE]), (1, 2), "login {i}");
+        assert_eq!(
+            ops.transactions(),
+            2,
+            "login {i}: no transaction besides claim and rotation: {}",
+            ops.describe()
+        );
+        assert_eq!(
+            ops.calls[CREATE] + ops.calls[TOUCH],
+            0,
+            "login {i}: {}",
+            ops.describe()
+        );
+        assert!(
+            ops.calls[LOAD] <= u64::from(l.cold),
+            "login {i} (cold: {}): {}",
+            l.cold,
+            ops.describe()
+        );
+        assert_eq!(
+            (l.first_visit.calls[CREATE], l.first_visit.reads()),
+            (1, 0),
+            "first visit: {}",
+            l.first_visit.describe()
+        );
+        assert_eq!(
+            l.after.reads() + l.after.writes(),
+            0,
+            "the request after a login runs on the cache: {}",
+            l.after.describe()
+        );
+        assert_eq!(
+            l.other_replica.reads() + l.other_replica.writes(),
+            0,
+            "another replica: {}",
+            l.other_replica.describe()
+        );
+        assert!(
+            l.latency >= r.cache_ttl,
+            "login {i} took {:?}, less than the settle wait ({:?})",
+            l.latency,
+            r.cache_ttl
+        );
+    }
+    for (i, rv) in r.revocations.iter().enumerate() {
+        assert_eq!(
+            (
+                rv.logout.calls[REVOKE],
+                rv.logout.writes[REVOKE],
+                rv.logout.transactions()
+            ),
+            (1, 1, 1),
+            "logout {i}: {}",
+            rv.logout.describe()
+        );
+        assert!(
+            rv.delay <= r.cache_ttl + Duration::from_millis(500),
+            "trial {i}: replica B honoured a logged-out ID for {:?} (cache_ttl {:?})",
+            rv.delay,
+            r.cache_ttl
+        );
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn report(plan: &Plan, emulator: &Emulator, r: &Results) -> String {
+    let mut o: Vec<String> = Vec::new();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    o.push(format!(
+        "## Firestore store (`cargo bench --bench firestore_store`{})",
+        if plan.full {
+            ""
+        } else {
+            ", SHORT test-mode run"
+        }
+    ));
+    o.push(String::new());
+    o.push(format!(
+        "Measured {} on {} cores ({}), Firestore emulator at {} ({}); the proxies, the app, the client and the emulator share the machine. Store operations are counted between each replica's cache and Firestore.",
+        httpdate::fmt_http_date(SystemTime::now()),
+        cores,
+        cpu_model(),
+        emulator.host,
+        if emulator.started_here() { "started by the bench" } else { "FIRESTORE_EMULATOR_HOST" },
+    ));
+    o.push(String::new());
+
+    o.push("### 1. Store operations per 1000 proxied requests, warm cache".into());
+    o.push(String::new());
+    o.push("| cache_ttl | requests | took | reads | writes | transactions | per 1000: reads / writes | request p50 / p99 |".into());
+    o.push("|---|---|---|---|---|---|---|---|".into());
+    for w in &r.warm {
+        let per = |x: u64| x as f64 * 1000.0 / w.requests as f64;
+        o.push(format!(
+            "| {:?} | {} | {} | {} | {} | {} | {:.1} / {:.1} | {} / {} |",
+            w.ttl,
+            w.requests,
+            ms(w.elapsed),
+            w.ops.reads(),
+            w.ops.writes(),
+            w.ops.transactions(),
+            per(w.ops.reads()),
+            per(w.ops.writes()),
+            ms(pct(&w.latencies, 0.5)),
+            ms(pct(&w.latencies, 0.99)),
+        ));
+    }
+    o.push(String::new());
+
+    o.push(format!(
+        "### 2. Store operations per login ({} logins; cache_ttl {:?})",
+        r.logins.len(),
+        r.cache_ttl
+    ));
+    o.push(String::new());
+    o.push("| step | operations (mean per login) | reads | writes |".into());
+    o.push("|---|---|---|---|".into());
+    let mean = |pick: &dyn Fn(&LoginSample) -> bool, f: &dyn Fn(&LoginSample) -> Snap| {
+        let mut total = Snap::default();
+        let mut n = 0u64;
+        for l in r.logins.iter().filter(|l| pick(l)) {
+            total.add(&f(l));
+            n += 1;
+        }
+        (total, n.max(1))
+    };
+    let row = |o: &mut Vec<String>, step: &str, (s, n): (Snap, u64)| {
+        let parts: Vec<String> = (0..OPS.len())
+            .filter(|&i| s.calls[i] > 0)
+            .map(|i| {
+                format!(
+                    "{} {} ({}r {}w)",
+                    OPS[i],
+                    s.calls[i] as f64 / n as f64,
+                    s.reads_of(i) as f64 / n as f64,
+                    s.writes[i] as f64 / n as f64
+                )
+            })
+            .collect();
+        o.push(format!(
+            "| {step} | {} | {} | {} |",
+            if parts.is_empty() {
+                "none".to_owned()
+            } else {
+                parts.join(" + ")
+            },
+            s.reads() as f64 / n as f64,
+            s.writes() as f64 / n as f64
+        ));
+    };
+    row(
+        &mut o,
+        "first visit (app sets its cookie)",
+        mean(&|_| true, &|l| l.first_visit),
+    );
+    row(
+        &mut o,
+        "login request, within cache_ttl of the last request",
+        mean(&|l| !l.cold, &|l| l.login),
+    );
+    row(
+        &mut o,
+        "login request, more than cache_ttl after the last request",
+        mean(&|l| l.cold, &|l| l.login),
+    );
+    row(
+        &mut o,
+        "first request after the login",
+        mean(&|_| true, &|l| l.after),
+    );
+    row(
+        &mut o,
+        "the other replica, meanwhile",
+        mean(&|_| true, &|l| l.other_replica),
+    );
+    let mut logout = Snap::default();
+    for rv in &r.revocations {
+        logout.add(&rv.logout);
+    }
+    row(
+        &mut o,
+        "logout",
+        (logout, (r.revocations.len() as u64).max(1)),
+    );
+    o.push(String::new());
+
+    o.push(format!(
+        "### 3. Latency (Firestore emulator; {} samples per store operation, {} logins)",
+        plan.op_samples,
+        r.logins.len()
+    ));
+    o.push(String::new());
+    o.push("| operation | p50 | p99 | max |".into());
+    o.push("|---|---|---|---|".into());
+    for op in &r.backend {
+        o.push(format!(
+            "| `SessionStore::{}` (Firestore backend, no cache) | {} | {} | {} |",
+            op.name,
+            ms(pct(&op.samples, 0.5)),
+            ms(pct(&op.samples, 0.99)),
+            ms(pct(&op.samples, 1.0)),
+        ));
+    }
+    let lat = sorted(r.logins.iter().map(|l| l.latency).collect());
+    o.push(format!(
+        "| login through the proxy (POST /login -> 303, client-side) | {} | {} | {} |",
+        ms(pct(&lat, 0.5)),
+        ms(pct(&lat, 0.99)),
+        ms(pct(&lat, 1.0)),
+    ));
+    let mut all = Snap::default();
+    for l in &r.logins {
+        all.add(&l.login);
+    }
+    let p50 = pct(&lat, 0.5);
+    o.push(String::new());
+    o.push(format!(
+        "Inside the proxy's logins (mean): claim transaction {:.1} ms, settle wait {} (= cache_ttl), rotation transaction {:.1} ms, session load {:.1} ms when the cache was cold. The settle wait is {:.0}% of the median login.",
+        all.mean_ms(CLAIM),
+        ms(r.cache_ttl),
+        all.mean_ms(ROTATE),
+        all.mean_ms(LOAD),
+        100.0 * r.cache_ttl.as_secs_f64() / p50.as_secs_f64().max(1e-9),
+    ));
+    o.push(String::new());
+
+    let delays = sorted(r.revocations.iter().map(|v| v.delay).collect());
+    let b_reads = r.revocations.iter().map(|v| v.b_reads_per_s).sum::<f64>()
+        / (r.revocations.len().max(1)) as f64;
+    o.push(format!(
+        "### 4. Revocation delay across two replicas ({} trials, cache_ttl {:?})",
+        r.revocations.len(),
+        r.cache_ttl
+    ));
+    o.push(String::new());
+    o.push(
+        "| p50 | max | bound | replica B's reads while polling the session every 10 ms |".into(),
+    );
+    o.push("|---|---|---|---|".into());
+    o.push(format!(
+        "| {} | {} | cache_ttl + one read | {:.2} per second |",
+        ms(pct(&delays, 0.5)),
+        ms(pct(&delays, 1.0)),
+        b_reads
+    ));
+    o.push(String::new());
+    o.push("Delay: from the logout's response on replica A to the first response on replica B that no longer serves the session; B is polled every 10 ms, and each trial logs out at a different point of B's cache period.".into());
+    o.join("\n") + "\n"
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let plan = if full {
+        Plan {
+            full,
+            requests: 1000,
+            logins: 30,
+            revocations: 20,
+            op_samples: 200,
+        }
+    } else {
+        Plan {
+            full,
+            requests: 50,
+            logins: 3,
+            revocations: 2,
+            op_samples: 10,
+        }
+    };
+    // Before the runtime starts any thread: this sets FIRESTORE_EMULATOR_HOST.
+    let emulator = Emulator::ensure();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("the tokio runtime");
+    let results = rt.block_on(measure(&plan));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    let table = report(&plan, &emulator, &results);
+    println!("{table}");
+    let out = target_dir().join(if full {
+        "firestore_bench.md"
+    } else {
+        "firestore_bench.short.md"
+    });
+    match std::fs::write(&out, &table) {
+        Ok(()) => println!("written to {}", out.display()),
+        Err(e) => eprintln!("could not write {}: {e}", out.display()),
+    }
+    check(&results);
+    drop(emulator);
+}

@@ -1,0 +1,203 @@
+//! Observability: the Prometheus metrics every other module updates.
+//!
+//! One [`Metrics`] lives for the whole process, across config reloads, so that counters
+//! never reset while the process runs. Metric values never carry a session ID, a cookie
+//! value or a query string: labels are route names, status classes, operations and
+//! outcomes only.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatus {
+    pub route: String,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+fn latency() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+type Latency = Family<RouteLabel, Histogram, fn() -> Histogram>;
+type OpLatency = Family<OpLabel, Histogram, fn() -> Histogram>;
+
+/// Session lifecycle counters. Each is a handle on a registered metric.
+#[derive(Debug)]
+pub struct SessionCounters {
+    pub created: Counter,
+    pub login_rotated: Counter,
+    pub periodic_rotated: Counter,
+    pub logged_out: Counter,
+    pub expired: Counter,
+    /// Fixation signals: well-formed IDs that are rotated away, logged out, expired or
+    /// unknown.
+    pub stale_ids: Counter,
+    /// Cookie values that failed validation, or several conflicting values.
+    pub malformed_ids: Counter,
+    pub vault_captured: Counter,
+    pub login_success: Counter,
+    pub login_failure: Counter,
+    pub login_no_match: Counter,
+    /// Logins (or requests) refused because another login held the session.
+    pub login_conflicts: Counter,
+}
+
+impl SessionCounters {
+    /// Counters not attached to any registry (unit tests).
+    pub fn detached() -> SessionCounters {
+        SessionCounters::register(&mut Registry::default())
+    }
+
+    fn register(r: &mut Registry) -> SessionCounters {
+        let counter = |r: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            r.register(name, help, c.clone());
+            c
+        };
+        let rotations = Family::<KindLabel, Counter>::default();
+        r.register("sessions_rotated", "Session IDs replaced, by kind (login, periodic)", rotations.clone());
+        let logins = Family::<OutcomeLabel, Counter>::default();
+        r.register("login_rule_matches", "Login attempts matched by a rule, by outcome", logins.clone());
+        let kind = |k| rotations.get_or_create(&KindLabel { kind: k }).clone();
+        let outcome = |o| logins.get_or_create(&OutcomeLabel { outcome: o }).clone();
+        SessionCounters {
+            created: counter(r, "sessions_created", "Sessions created"),
+            login_rotated: kind("login"),
+            periodic_rotated: kind("periodic"),
+            logged_out: counter(r, "sessions_logged_out", "Sessions ended by a logout"),
+            expired: counter(r, "sessions_expired", "Sessions found expired (idle or absolute)"),
+            stale_ids: counter(
+                r,
+                "stale_session_ids",
+                "Well-formed session IDs presented after rotation, logout or expiry, or unknown (fixation signals)",
+            ),
+            malformed_ids: counter(r, "malformed_session_cookies", "Session cookie values that failed validation"),
+            vault_captured: counter(r, "vault_cookies_captured", "App Set-Cookies captured into the vault"),
+            login_success: outcome("success"),
+            login_failure: outcome("failure"),
+            login_no_match: outcome("no_match"),
+            login_conflicts: counter(r, "login_conflicts", "Requests refused because a login held their session"),
+        }
+    }
+
+    pub fn get(c: &Counter) -> u64 {
+        c.get()
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RouteStatus, Counter>,
+    pub upstream_seconds: Latency,
+    pub active_connections: Gauge,
+    pub tls_handshake_failures: Counter,
+    pub store_seconds: OpLatency,
+    pub store_errors: Family<OpLabel, Counter>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub reloads: Family<OutcomeLabel, Counter>,
+    pub sessions: SessionCounters,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("sessiongate");
+        let requests = Family::<RouteStatus, Counter>::default();
+        r.register("requests", "Requests answered, by route and status class", requests.clone());
+        let upstream_seconds: Latency = Family::new_with_constructor(latency);
+        r.register(
+            "upstream_duration_seconds",
+            "Time from sending a request to the app until its response head, by route",
+            upstream_seconds.clone(),
+        );
+        let active_connections = Gauge::default();
+        r.register("active_connections", "Client connections open now", active_connections.clone());
+        let tls_handshake_failures = Counter::default();
+        r.register("tls_handshake_failures", "TLS handshakes that failed or timed out", tls_handshake_failures.clone());
+        let store_seconds: OpLatency = Family::new_with_constructor(latency);
+        r.register("store_operation_duration_seconds", "Session store call latency, by operation", store_seconds.clone());
+        let store_errors = Family::<OpLabel, Counter>::default();
+        r.register("store_errors", "Session store calls that failed or timed out, by operation", store_errors.clone());
+        let cache_hits = Counter::default();
+        r.register("cache_hits", "Session lookups answered by this replica's cache", cache_hits.clone());
+        let cache_misses = Counter::default();
+        r.register("cache_misses", "Session lookups that went to the store", cache_misses.clone());
+        let reloads = Family::<OutcomeLabel, Counter>::default();
+        r.register("config_reloads", "Config reloads, by outcome (success, failure)", reloads.clone());
+        let sessions = SessionCounters::register(&mut r);
+        Metrics {
+            registry: r,
+            requests,
+            upstream_seconds,
+            active_connections,
+            tls_handshake_failures,
+            store_seconds,
+            store_errors,
+            cache_hits,
+            cache_misses,
+            reloads,
+            sessions,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn count_request(&self, route: &str, status: u16) {
+        let status_class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .get_or_create(&RouteStatus {
+                route: route.to_owned(),
+                status_class,
+            })
+            .inc();
+    }
+}

@@ -13,24 +13,22 @@ use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::debug;
 
 use crate::listener::ServerHandle;
 use crate::{full_body, Body};
 
-pub async fn serve(listener: TcpListener, handle: ServerHandle, mut stop: watch::Receiver<bool>) {
+/// Serves until the task is aborted: it stays up while the proxy drains, so that the
+/// orchestrator sees `/readyz` turn 503 and stops sending traffic.
+pub async fn serve(listener: TcpListener, handle: ServerHandle) {
     loop {
-        let tcp = tokio::select! {
-            _ = stop.changed() => return,
-            r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    debug!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                debug!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let handle = handle.clone();
         tokio::spawn(async move {
@@ -57,13 +55,18 @@ async fn respond(handle: &ServerHandle, req: Request<Incoming>) -> Response<Body
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => match handle.ready().await {
             Ok(()) => text(StatusCode::OK, "ready\n"),
-            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {why}\n")),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {why}\n"),
+            ),
         },
         "/metrics" => {
             let mut resp = Response::new(full_body(handle.metrics.render()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             resp
         }

@@ -113,7 +113,10 @@ impl ServerHandle {
     pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
         let result = self.try_reload(config).await;
         let outcome = if result.is_ok() { "success" } else { "failure" };
-        self.metrics.reloads.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.metrics
+            .reloads
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
         result
     }
 
@@ -228,6 +231,13 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then drains for at most `shutdown_grace`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        // One line naming every bound address ("-" for none), once all of them serve.
+        let addr_of = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        let serving = (
+            addr_of(self.tls_addr()),
+            addr_of(self.plain_addr()),
+            addr_of(self.admin_addr()),
+        );
         let handle = self.handle;
         let initial = handle.current();
         let server_cfg = initial.state.config.server.clone();
@@ -261,12 +271,13 @@ impl Server {
             if let Ok(addr) = l.local_addr() {
                 info!(%addr, "admin listening (healthz, readyz, metrics)");
             }
-            tokio::spawn(crate::admin::serve(l, handle.clone(), stop_rx.clone()))
+            tokio::spawn(crate::admin::serve(l, handle.clone()))
         });
 
         let sweep_interval = initial.state.config.store.sweep_interval();
         let sweeper = tokio::spawn(initial.state.sessions.clone().sweep_forever(sweep_interval));
         drop(initial);
+        info!(tls = %serving.0, plain = %serving.1, admin = %serving.2, "serving");
 
         shutdown.await;
         sweeper.abort();
@@ -394,7 +405,8 @@ async fn serve_http<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Each request runs on the config current when it starts.
-    let svc = hyper::service::service_fn(move |req| handle.current().state.clone().handle(conn, req));
+    let svc =
+        hyper::service::service_fn(move |req| handle.current().state.clone().handle(conn, req));
     let connection = live.builder.serve_connection_with_upgrades(io, svc);
     if let Err(e) = watcher.watch(connection.into_owned()).await {
         // Clients going away mid-request is routine; keep it out of the warn level.

@@ -22,13 +22,13 @@ use http::HeaderValue;
 use tracing::{debug, info, warn};
 
 use crate::config::{SessionConfig, StoreFailurePolicy};
-use crate::telemetry::{Metrics, OpLabel, SessionCounters};
 use crate::error::ProxyError;
 use crate::session::{proxy_set_cookie, IdSource, Presented, SessionId, SessionKey};
 use crate::store::{
     Claim, Lookup, OldKey, RevokeReason, RotateOutcome, Rotation, SessionRecord, SessionStore,
     StoreError,
 };
+use crate::telemetry::{Metrics, OpLabel, SessionCounters};
 use crate::vault::{self, VaultChange};
 
 /// The session a request runs on.

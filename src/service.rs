@@ -111,7 +111,8 @@ impl AppState {
             warn!(route = %route_name, %method, %path, side = ?e.side(), error = %e, "request failed");
             e.into_response()
         });
-        self.metrics.count_request(&route_name, resp.status().as_u16());
+        self.metrics
+            .count_request(&route_name, resp.status().as_u16());
         info!(
             target: "access",
             route = %route_name,

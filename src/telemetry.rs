@@ -80,9 +80,17 @@ impl SessionCounters {
             c
         };
         let rotations = Family::<KindLabel, Counter>::default();
-        r.register("sessions_rotated", "Session IDs replaced, by kind (login, periodic)", rotations.clone());
+        r.register(
+            "sessions_rotated",
+            "Session IDs replaced, by kind (login, periodic)",
+            rotations.clone(),
+        );
         let logins = Family::<OutcomeLabel, Counter>::default();
-        r.register("login_rule_matches", "Login attempts matched by a rule, by outcome", logins.clone());
+        r.register(
+            "login_rule_matches",
+            "Login attempts matched by a rule, by outcome",
+            logins.clone(),
+        );
         let kind = |k| rotations.get_or_create(&KindLabel { kind: k }).clone();
         let outcome = |o| logins.get_or_create(&OutcomeLabel { outcome: o }).clone();
         SessionCounters {
@@ -140,7 +148,11 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut r = Registry::with_prefix("sessiongate");
         let requests = Family::<RouteStatus, Counter>::default();
-        r.register("requests", "Requests answered, by route and status class", requests.clone());
+        r.register(
+            "requests",
+            "Requests answered, by route and status class",
+            requests.clone(),
+        );
         let upstream_seconds: Latency = Family::new_with_constructor(latency);
         r.register(
             "upstream_duration_seconds",
@@ -148,19 +160,47 @@ impl Metrics {
             upstream_seconds.clone(),
         );
         let active_connections = Gauge::default();
-        r.register("active_connections", "Client connections open now", active_connections.clone());
+        r.register(
+            "active_connections",
+            "Client connections open now",
+            active_connections.clone(),
+        );
         let tls_handshake_failures = Counter::default();
-        r.register("tls_handshake_failures", "TLS handshakes that failed or timed out", tls_handshake_failures.clone());
+        r.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            tls_handshake_failures.clone(),
+        );
         let store_seconds: OpLatency = Family::new_with_constructor(latency);
-        r.register("store_operation_duration_seconds", "Session store call latency, by operation", store_seconds.clone());
+        r.register(
+            "store_operation_duration_seconds",
+            "Session store call latency, by operation",
+            store_seconds.clone(),
+        );
         let store_errors = Family::<OpLabel, Counter>::default();
-        r.register("store_errors", "Session store calls that failed or timed out, by operation", store_errors.clone());
+        r.register(
+            "store_errors",
+            "Session store calls that failed or timed out, by operation",
+            store_errors.clone(),
+        );
         let cache_hits = Counter::default();
-        r.register("cache_hits", "Session lookups answered by this replica's cache", cache_hits.clone());
+        r.register(
+            "cache_hits",
+            "Session lookups answered by this replica's cache",
+            cache_hits.clone(),
+        );
         let cache_misses = Counter::default();
-        r.register("cache_misses", "Session lookups that went to the store", cache_misses.clone());
+        r.register(
+            "cache_misses",
+            "Session lookups that went to the store",
+            cache_misses.clone(),
+        );
         let reloads = Family::<OutcomeLabel, Counter>::default();
-        r.register("config_reloads", "Config reloads, by outcome (success, failure)", reloads.clone());
+        r.register(
+            "config_reloads",
+            "Config reloads, by outcome (success, failure)",
+            reloads.clone(),
+        );
         let sessions = SessionCounters::register(&mut r);
         Metrics {
             registry: r,

@@ -68,7 +68,10 @@ async fn harvested_proxy_id_is_worthless_after_login() {
     let stale_before = count(&proxy.sessions.counters().stale_ids);
     let mut replay = holding(&proxy, &planted);
     assert_eq!(whoami(&mut replay).await, "anonymous");
-    assert_eq!(count(&proxy.sessions.counters().stale_ids), stale_before + 1);
+    assert_eq!(
+        count(&proxy.sessions.counters().stale_ids),
+        stale_before + 1
+    );
     assert_eq!(count(&proxy.sessions.counters().login_rotated), 1);
     // The app did authenticate its (vaulted) session: only the victim's new ID reaches it.
     assert!(app

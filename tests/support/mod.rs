@@ -287,6 +287,8 @@ impl Upstream {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub plain: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub handle: sessiongate::ServerHandle,
     pub pki: Arc<Pki>,
     pub sessions: Arc<sessiongate::rotate::Sessions>,
     stop: Option<oneshot::Sender<()>>,
@@ -343,6 +345,8 @@ impl Proxy {
             .unwrap_or_else(|e| panic!("test config rejected: {e}\n{text}"));
         let server = Server::bind_with_store(config, store).await.unwrap();
         let sessions = server.sessions();
+        let admin = server.admin_addr();
+        let handle = server.handle();
         let addr = server
             .tls_addr()
             .unwrap_or_else(|| server.plain_addr().unwrap());
@@ -354,6 +358,8 @@ impl Proxy {
         Proxy {
             addr,
             plain,
+            admin,
+            handle,
             pki,
             sessions,
             stop: Some(stop),
@@ -857,13 +863,16 @@ fn emulator_answers(host: &str) -> bool {
 /// Dropping it kills it (SIGKILL).
 pub struct Sessiongate {
     child: Option<std::process::Child>,
+    /// The plain-HTTP listener, else the TLS one.
     pub addr: SocketAddr,
+    pub tls: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Sessiongate {
-    /// Starts `sessiongate --config <config>` (which must listen on a plain port 0) and
-    /// waits for the line naming the bound address.
+    /// Starts `sessiongate --config <config>` (listeners on port 0) and waits for the
+    /// line naming the bound addresses.
     pub fn spawn(config: &Path, envs: &[(&str, &str)]) -> Sessiongate {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sessiongate"))
@@ -874,16 +883,21 @@ impl Sessiongate {
             .unwrap();
         let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let addr = loop {
+        let fields = loop {
             let line = lines
                 .next()
-                .expect("sessiongate exited before listening")
+                .expect("sessiongate exited before serving")
                 .unwrap();
             log.lock().unwrap().push(line.clone());
-            if line.contains("listening (plain HTTP)") {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                break v["fields"]["addr"].as_str().unwrap().parse().unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["fields"]["message"] == "serving" {
+                break v["fields"].clone();
             }
+        };
+        let addr = |k: &str| {
+            fields[k]
+                .as_str()
+                .and_then(|a| a.parse::<SocketAddr>().ok())
         };
         // Keep draining, so the child never blocks on a full pipe.
         let sink = log.clone();
@@ -894,9 +908,50 @@ impl Sessiongate {
         });
         Sessiongate {
             child: Some(child),
-            addr,
+            addr: addr("plain").or(addr("tls")).expect("no listener"),
+            tls: addr("tls"),
+            admin: addr("admin"),
             log,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends a signal (`-HUP`, ...).
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// Waits until a log line contains `needle` (after `skip` lines), within 10 s.
+    pub async fn wait_for_log(&self, needle: &str, skip: usize) -> String {
+        for _ in 0..200 {
+            if let Some(l) = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(skip)
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no log line with {needle:?}: {:?}",
+            self.log.lock().unwrap()
+        );
+    }
+
+    pub fn log_len(&self) -> usize {
+        self.log.lock().unwrap().len()
     }
 
     /// SIGTERM, then wait for the exit.
@@ -926,4 +981,25 @@ impl Drop for Sessiongate {
             let _ = child.wait();
         }
     }
+}
+
+/// `GET` on a plain-HTTP admin listener: status and body.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let r = H1::over(tcp).await.send(get(path)).await;
+    (r.status.as_u16(), r.text())
+}
+
+/// The value of one sample in Prometheus text (`name{labels}` exactly as rendered), or 0.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }

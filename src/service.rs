@@ -113,6 +113,10 @@ impl AppState {
         });
         self.metrics
             .count_request(&route_name, resp.status().as_u16());
+        let upstream_ms = resp
+            .extensions()
+            .get::<UpstreamTime>()
+            .map_or(-1.0, |t| t.0.as_secs_f64() * 1000.0);
         info!(
             target: "access",
             route = %route_name,
@@ -120,6 +124,7 @@ impl AppState {
             %path,
             status = resp.status().as_u16(),
             latency_ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
+            upstream_ms = format_args!("{upstream_ms:.3}"),
             peer = %conn.peer.ip(),
         );
         Ok(resp)
@@ -167,7 +172,10 @@ impl AppState {
                 route: route.name.clone(),
             })
             .observe(started.elapsed().as_secs_f64());
+        let upstream_time = started.elapsed();
         let mut up_resp = sent?;
+        // For the access log line, which is written once the response is complete.
+        up_resp.extensions_mut().insert(UpstreamTime(upstream_time));
         if let (Some(client_upgrade), http::StatusCode::SWITCHING_PROTOCOLS) =
             (client_upgrade, up_resp.status())
         {
@@ -375,6 +383,11 @@ async fn read_form(route: &Route, body: Body) -> Result<bytes::Bytes, ProxyError
         Err(_) => Err(ProxyError::BadRequest("the form body was not sent in time")),
     }
 }
+
+/// How long the app took to send the response head (-1 in the log when the request
+/// never reached it).
+#[derive(Clone, Copy)]
+struct UpstreamTime(std::time::Duration);
 
 fn is_form(headers: &http::HeaderMap) -> bool {
     headers

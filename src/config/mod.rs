@@ -278,6 +278,7 @@ impl Config {
             "limits: {} connections, {} header bytes, {} headers, {} worker threads",
             s.max_connections, s.max_header_bytes, s.max_headers, s.worker_threads
         );
+        let _ = writeln!(out, "admin: {}", listen(self.admin.listen));
         let ss = &self.session;
         let _ = writeln!(
             out,

@@ -542,36 +542,32 @@ async fn planted_app_cookie_is_ignored(stack: Stack) {
 
 // ---------------------------------------------------------------- the tests
 
-mod php {
-    use super::*;
+/// One module per stack: the shared checks, plus the stack's own.
+macro_rules! stack_tests {
+    ($module:ident, $stack:expr, { $($extra:item)* }) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            stack_tests!(@each $stack;
+                direct_attack_succeeds_without_the_proxy,
+                login_logout_through_the_proxy,
+                failed_login_stays_anonymous,
+                planted_proxy_id_is_worthless_after_login,
+                planted_app_cookie_is_ignored);
+            $($extra)*
+        }
+    };
+    (@each $stack:expr; $($check:ident),+) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                super::$check($stack).await;
+            }
+        )+
+    };
+}
 
-    #[tokio::test]
-    async fn direct_attack_succeeds_without_the_proxy() {
-        super::direct_attack_succeeds_without_the_proxy(Stack::Php).await;
-    }
-
-    #[tokio::test]
-    async fn login_logout_through_the_proxy() {
-        super::login_logout_through_the_proxy(Stack::Php).await;
-    }
-
-    #[tokio::test]
-    async fn failed_login_stays_anonymous() {
-        super::failed_login_stays_anonymous(Stack::Php).await;
-    }
-
-    #[tokio::test]
-    async fn planted_proxy_id_is_worthless_after_login() {
-        super::planted_proxy_id_is_worthless_after_login(Stack::Php).await;
-    }
-
-    #[tokio::test]
-    async fn planted_app_cookie_is_ignored() {
-        super::planted_app_cookie_is_ignored(Stack::Php).await;
-    }
-
-    /// `?PHPSESSID=` in the victim's URLs (the app accepts ids from the URL) never reaches
-    /// the app.
+stack_tests!(php, Stack::Php, {
     #[tokio::test]
     async fn session_id_in_a_form_body_is_stripped() {
         // PHP with use_only_cookies=0 also takes PHPSESSID from a POST field; a
@@ -599,6 +595,8 @@ mod php {
         assert_eq!(whoami(&mut attacker).await, "anonymous");
     }
 
+    /// `?PHPSESSID=` in the victim's URLs (the app accepts ids from the URL) never reaches
+    /// the app.
     #[tokio::test]
     async fn session_id_in_url_is_stripped() {
         let (app, proxy) = start(Stack::Php).await;
@@ -630,33 +628,6 @@ mod php {
             "the URL session id must not become alice's app session"
         );
     }
-}
+});
 
-mod flask {
-    use super::*;
-
-    #[tokio::test]
-    async fn direct_attack_succeeds_without_the_proxy() {
-        super::direct_attack_succeeds_without_the_proxy(Stack::Flask).await;
-    }
-
-    #[tokio::test]
-    async fn login_logout_through_the_proxy() {
-        super::login_logout_through_the_proxy(Stack::Flask).await;
-    }
-
-    #[tokio::test]
-    async fn failed_login_stays_anonymous() {
-        super::failed_login_stays_anonymous(Stack::Flask).await;
-    }
-
-    #[tokio::test]
-    async fn planted_proxy_id_is_worthless_after_login() {
-        super::planted_proxy_id_is_worthless_after_login(Stack::Flask).await;
-    }
-
-    #[tokio::test]
-    async fn planted_app_cookie_is_ignored() {
-        super::planted_app_cookie_is_ignored(Stack::Flask).await;
-    }
-}
+stack_tests!(flask, Stack::Flask, {});

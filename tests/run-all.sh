@@ -14,12 +14,13 @@ if ((${#need_apt[@]})); then
   apt-get install -y -qq "${need_apt[@]}"
 fi
 
-# tests/e2e_stacks.rs: the Flask app runs from its own venv.
+# tests/e2e_stacks.rs: the Flask app runs from its own venv; tests/deploy_sidecar.rs
+# parses deploy/'s YAML with the venv's PyYAML.
 venv="$PWD/target/e2e-venv"
-if ! "$venv/bin/python" -c 'import flask' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import flask, yaml' >/dev/null 2>&1; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q flask
-  "$venv/bin/python" -c 'import flask'
+  "$venv/bin/pip" install -q flask pyyaml
+  "$venv/bin/python" -c 'import flask, yaml'
 fi
 export SESSIONGATE_E2E_PYTHON="$venv/bin/python"
 SESSIONGATE_E2E_PHP="$(command -v php)"

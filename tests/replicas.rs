@@ -43,14 +43,22 @@ async fn a_session_moves_between_replicas_and_logout_reaches_both() {
     );
     assert_eq!(whoami(&mut holding(&a, &anonymous)).await, "anonymous");
 
-    // B has the signed-in session cached; the logout goes through A.
+    // B has the signed-in session cached; the logout goes through A. The app forgets
+    // its own session at logout, so "anonymous" from the app proves nothing: what B
+    // must stop doing is forwarding the session's vaulted app cookie.
     assert_eq!(whoami(user.on(&b)).await, "alice");
+    let echo = user.on(&b).get("/echo").await.text();
+    let app_sid = echo
+        .split(['\n', ';', ' '])
+        .find(|p| p.starts_with("SID="))
+        .unwrap_or_else(|| panic!("no vaulted SID forwarded: {echo}"))
+        .to_owned();
     let r = user.on(&a).post_form("/logout", &[]).await;
     assert_eq!(r.text(), "bye");
     let logged_out = Instant::now();
     let mut on_b = holding(&b, &signed_in);
     let delay = loop {
-        if whoami(&mut on_b).await == "anonymous" {
+        if !on_b.get("/echo").await.text().contains(&app_sid) {
             break logged_out.elapsed();
         }
         assert!(

@@ -24,7 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::OnceCell;
 
 use super::{
-    Claim, Lookup, OldKey, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreError,
+    Claim, Entry, Lookup, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreError,
 };
 use crate::session::SessionKey;
 use crate::store::RevokeReason;
@@ -215,14 +215,7 @@ impl SessionStore for CachedStore {
         match &r {
             Ok(RotateOutcome::Rotated(rec)) => {
                 self.put(*new, Lookup::Live(rec.clone()));
-                let old_state = match rotation.old_becomes {
-                    OldKey::Grace { until } => Lookup::Grace {
-                        successor: *new,
-                        until,
-                    },
-                    OldKey::Revoked { reason, .. } => Lookup::Revoked(reason),
-                };
-                self.put(*old, old_state);
+                self.put(*old, Entry::tombstone(rotation.old_becomes, *new).lookup());
             }
             _ => self.evict(old),
         }

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::{
-    rotated_record, Claim, Lookup, OldKey, RevokeReason, RotateOutcome, Rotation, SessionRecord,
+    rotated_record, Claim, Entry, Lookup, RevokeReason, RotateOutcome, Rotation, SessionRecord,
     SessionStore, StoreError,
 };
 use crate::session::SessionKey;
@@ -51,39 +51,6 @@ use crate::vault::{VaultChange, VaultCookie};
 
 /// Key: [`SessionKey`] bytes (the hash, never the ID). Value: an encoded [`Entry`].
 const SESSIONS: TableDefinition<&[u8; 32], &str> = TableDefinition::new("sessions_v1");
-
-/// What a key stands for; the same states as `memory`'s map entries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Entry {
-    Live(SessionRecord),
-    Grace {
-        successor: SessionKey,
-        until: u64,
-    },
-    Revoked {
-        reason: RevokeReason,
-        keep_until: u64,
-    },
-}
-
-impl Entry {
-    fn lookup(self) -> Lookup {
-        match self {
-            Entry::Live(r) => Lookup::Live(r),
-            Entry::Grace { successor, until } => Lookup::Grace { successor, until },
-            Entry::Revoked { reason, .. } => Lookup::Revoked(reason),
-        }
-    }
-
-    /// The sweep rule, identical to `memory`'s.
-    fn kept_at(&self, now: u64) -> bool {
-        match self {
-            Entry::Live(r) => r.expires_at > now,
-            Entry::Grace { until, .. } => *until > now,
-            Entry::Revoked { keep_until, .. } => *keep_until > now,
-        }
-    }
-}
 
 pub struct FileStore {
     db: Arc<Database>,
@@ -343,14 +310,7 @@ impl SessionStore for FileStore {
             }
             let record = rotated_record(&base, &rotation);
             s.put(&new, &Entry::Live(record.clone()))?;
-            let tombstone = match rotation.old_becomes {
-                OldKey::Grace { until } => Entry::Grace {
-                    successor: new,
-                    until,
-                },
-                OldKey::Revoked { reason, keep_until } => Entry::Revoked { reason, keep_until },
-            };
-            s.put(&old, &tombstone)?;
+            s.put(&old, &Entry::tombstone(rotation.old_becomes, new))?;
             Ok(RotateOutcome::Rotated(record))
         })
         .await
@@ -665,7 +625,7 @@ mod tests {
             authenticate: None,
             now: 1_700_000_001_000,
             expires_at: 1_700_000_601_000,
-            old_becomes: OldKey::Grace {
+            old_becomes: crate::store::OldKey::Grace {
                 until: 1_700_000_031_000,
             },
         };

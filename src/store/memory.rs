@@ -13,24 +13,11 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 
 use super::{
-    rotated_record, Claim, Lookup, OldKey, RevokeReason, RotateOutcome, Rotation, SessionRecord,
+    rotated_record, Claim, Entry, Lookup, RevokeReason, RotateOutcome, Rotation, SessionRecord,
     SessionStore, StoreError,
 };
 use crate::session::SessionKey;
 use crate::vault::VaultChange;
-
-#[derive(Debug, Clone)]
-enum Entry {
-    Live(SessionRecord),
-    Grace {
-        successor: SessionKey,
-        until: u64,
-    },
-    Revoked {
-        reason: RevokeReason,
-        keep_until: u64,
-    },
-}
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -58,15 +45,10 @@ const ROTATE_ATTEMPTS: usize = 8;
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn load(&self, key: &SessionKey) -> Result<Lookup, StoreError> {
-        Ok(match self.map.get(key).as_deref() {
-            None => Lookup::Missing,
-            Some(Entry::Live(r)) => Lookup::Live(r.clone()),
-            Some(Entry::Grace { successor, until }) => Lookup::Grace {
-                successor: *successor,
-                until: *until,
-            },
-            Some(Entry::Revoked { reason, .. }) => Lookup::Revoked(*reason),
-        })
+        Ok(self
+            .map
+            .get(key)
+            .map_or(Lookup::Missing, |e| e.value().clone().lookup()))
     }
 
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
@@ -154,15 +136,7 @@ impl SessionStore for MemoryStore {
             let swapped = match self.map.get_mut(old).as_deref_mut() {
                 Some(e @ Entry::Live(_)) => {
                     if matches!(e, Entry::Live(r) if r.version == base.version) {
-                        *e = match rotation.old_becomes {
-                            OldKey::Grace { until } => Entry::Grace {
-                                successor: *new,
-                                until,
-                            },
-                            OldKey::Revoked { reason, keep_until } => {
-                                Entry::Revoked { reason, keep_until }
-                            }
-                        };
+                        *e = Entry::tombstone(rotation.old_becomes, *new);
                         Some(true)
                     } else {
                         Some(false) // changed in between: rebuild from the new version
@@ -203,11 +177,7 @@ impl SessionStore for MemoryStore {
 
     async fn sweep(&self, now: u64) -> Result<usize, StoreError> {
         let before = self.map.len();
-        self.map.retain(|_, e| match e {
-            Entry::Live(r) => r.expires_at > now,
-            Entry::Grace { until, .. } => *until > now,
-            Entry::Revoked { keep_until, .. } => *keep_until > now,
-        });
+        self.map.retain(|_, e| e.kept_at(now));
         Ok(before.saturating_sub(self.map.len()))
     }
 }

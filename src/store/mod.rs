@@ -118,6 +118,48 @@ pub enum Lookup {
     Missing,
 }
 
+/// What an embedded store (memory, file) keeps under a key: the states a [`Lookup`]
+/// reports, plus how long a tombstone is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Entry {
+    Live(SessionRecord),
+    Grace {
+        successor: SessionKey,
+        until: u64,
+    },
+    Revoked {
+        reason: RevokeReason,
+        keep_until: u64,
+    },
+}
+
+impl Entry {
+    pub(crate) fn lookup(self) -> Lookup {
+        match self {
+            Entry::Live(r) => Lookup::Live(r),
+            Entry::Grace { successor, until } => Lookup::Grace { successor, until },
+            Entry::Revoked { reason, .. } => Lookup::Revoked(reason),
+        }
+    }
+
+    /// The sweep rule: whether the entry is still due to be kept at `now`.
+    pub(crate) fn kept_at(&self, now: u64) -> bool {
+        match self {
+            Entry::Live(r) => r.expires_at > now,
+            Entry::Grace { until, .. } => *until > now,
+            Entry::Revoked { keep_until, .. } => *keep_until > now,
+        }
+    }
+
+    /// What the old key of a rotation to `successor` becomes.
+    pub(crate) fn tombstone(old: OldKey, successor: SessionKey) -> Entry {
+        match old {
+            OldKey::Grace { until } => Entry::Grace { successor, until },
+            OldKey::Revoked { reason, keep_until } => Entry::Revoked { reason, keep_until },
+        }
+    }
+}
+
 /// What the old key becomes when a session rotates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OldKey {

@@ -19,6 +19,10 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("method not allowed on this route: {0}")]
+    MethodNotAllowed(&'static str),
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     #[error("cannot connect to the upstream: {0}")]
     UpstreamConnect(#[source] BoxError),
     #[error("upstream request failed: {0}")]
@@ -48,11 +52,23 @@ pub enum Side {
 }
 
 impl ProxyError {
+    /// A short, stable reason for requests refused while being read (a metric label).
+    pub fn rejection_reason(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::BadRequest(r)
+            | ProxyError::MethodNotAllowed(r)
+            | ProxyError::NotImplemented(r) => Some(r),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Store { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -63,9 +79,11 @@ impl ProxyError {
 
     pub fn side(&self) -> Side {
         match self {
-            ProxyError::NoRoute | ProxyError::BodyTooLarge { .. } | ProxyError::BadRequest(_) => {
-                Side::Client
-            }
+            ProxyError::NoRoute
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::BadRequest(_)
+            | ProxyError::MethodNotAllowed(_)
+            | ProxyError::NotImplemented(_) => Side::Client,
             ProxyError::UpstreamConnect(_)
             | ProxyError::Upstream(_)
             | ProxyError::UpstreamTimeout(_) => Side::Upstream,
@@ -83,6 +101,10 @@ impl ProxyError {
                 "The request body is larger than this application accepts."
             }
             ProxyError::BadRequest(_) => "The request could not be understood.",
+            ProxyError::MethodNotAllowed(_) => "This method is not allowed here.",
+            ProxyError::NotImplemented(_) => {
+                "The request uses a transfer coding this server does not implement."
+            }
             ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => {
                 "The application behind this proxy could not be reached or failed to answer."
             }

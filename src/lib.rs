@@ -9,10 +9,14 @@
 
 pub mod admin;
 pub mod body;
+pub mod canon;
 pub mod config;
 pub mod cookies;
 pub mod error;
+pub mod forms;
+pub mod inflight;
 pub mod listener;
+pub mod names;
 pub mod rotate;
 pub mod router;
 pub mod rules;

@@ -361,6 +361,51 @@ impl Sessions {
         Ok(self.cookie_for(&id, now, now))
     }
 
+    /// A login attempt with no clear result: the ID is replaced all the same (the app may
+    /// have authenticated the vaulted session), without marking the session signed in.
+    pub async fn rotate_undecided(
+        &self,
+        cur: Option<&Current>,
+        changes: Vec<VaultChange>,
+        route: &str,
+        now: u64,
+    ) -> Result<HeaderValue, ProxyError> {
+        let Some(cur) = cur else {
+            return Err(ProxyError::Internal("an undecided rotation needs a session".into()));
+        };
+        let (id, key) = self.mint();
+        let rotation = Rotation {
+            changes,
+            authenticate: None,
+            now,
+            expires_at: self.expires_at(cur.record.lifetime_start(), now),
+            old_becomes: OldKey::Revoked {
+                reason: RevokeReason::LoginRotated,
+                keep_until: self.tombstone_until(now),
+            },
+        };
+        match self
+            .call("rotate", self.store.rotate(&cur.key, &key, &rotation))
+            .await?
+        {
+            RotateOutcome::Rotated(_) => {}
+            RotateOutcome::OldGone => return Err(ProxyError::SessionChanged),
+        }
+        self.counters().undecided_rotated.inc();
+        info!(target: "audit", event = "undecided_login_rotated", route, old_id_hash = %cur.key, id_hash = %key);
+        Ok(self.cookie_for(&id, cur.record.lifetime_start(), now))
+    }
+
+    /// Whether a session loaded earlier is still the same: live, not claimed by a login,
+    /// not changed since (a request whose body took a while is checked again before the
+    /// app sees it with the vault).
+    pub async fn still_current(&self, cur: &Current) -> Result<bool, ProxyError> {
+        Ok(match self.call("load", self.store.load(&cur.key)).await? {
+            Lookup::Live(r) => r.login_claim_until.is_none() && r.version == cur.record.version,
+            _ => false,
+        })
+    }
+
     /// Logout succeeded: the session is dead before the response leaves.
     pub async fn logout(
         &self,

@@ -3,7 +3,8 @@
 //! The table is compiled once from the config. A route with a host beats a route without
 //! one; among the candidates the longest matching path prefix wins. A prefix matches on
 //! segment boundaries: `/app` matches `/app` and `/app/x` but not `/apple`, while `/app/`
-//! matches only below `/app/`.
+//! matches only below `/app/`. Paths are the canonical ones (`canon`); prefixes compare
+//! case-insensitively and hosts arrive lower-cased, without port and trailing dot.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,29 +55,17 @@ fn first_match<'a>(list: &'a [Arc<Route>], path: &str) -> Option<&'a Arc<Route>>
     list.iter().find(|r| prefix_matches(&r.path_prefix, path))
 }
 
+/// Case-insensitive: an app that routes `/ADMIN` like `/admin` (Express, IIS) must not
+/// reach a session route's handlers through a plain route.
 fn prefix_matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
-        None => false,
-    }
-}
-
-/// The request's host without port: the URI authority (HTTP/2, absolute-form) or the
-/// `Host` header.
-pub fn request_host<B>(req: &http::Request<B>) -> Option<&str> {
-    let raw = match req.uri().host() {
-        Some(h) => h,
-        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
+    let Some(head) = path.get(..prefix.len()) else {
+        return false;
     };
-    Some(strip_port(raw))
-}
-
-fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        // IPv6 literal: keep the brackets' content.
-        return rest.split(']').next().unwrap_or(rest);
+    if !head.eq_ignore_ascii_case(prefix) {
+        return false;
     }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
+    let rest = &path[prefix.len()..];
+    rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/')
 }
 
 #[cfg(test)]
@@ -94,9 +83,10 @@ mod tests {
     }
 
     #[test]
-    fn host_port_is_stripped() {
-        assert_eq!(strip_port("example.com:8443"), "example.com");
-        assert_eq!(strip_port("example.com"), "example.com");
-        assert_eq!(strip_port("[::1]:8443"), "::1");
+    fn prefixes_ignore_case() {
+        assert!(prefix_matches("/app", "/APP/x"));
+        assert!(prefix_matches("/app", "/App"));
+        assert!(!prefix_matches("/app", "/ap"));
+        assert!(!prefix_matches("/app", "/é"));
     }
 }

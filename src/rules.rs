@@ -1,26 +1,33 @@
 //! Login and logout rules, compiled once from the config and evaluated by plain
 //! functions.
 //!
-//! A rule first matches the request (method and path). On the response it then looks at
-//! its criteria: every `success` criterion must hold, and any `failure` criterion that
-//! holds makes the outcome a failure, whatever the success criteria say. No match, or
-//! success criteria that do not all hold, means [`Outcome::NoMatch`]: no rotation. Body
-//! criteria read at most `body_peek` bytes from the start of the body; the body still
-//! streams to the client in full.
+//! A rule first matches the request: its method (any by default) and its path, compared
+//! with the canonical path (`canon`) case-insensitively and ignoring a trailing slash, as
+//! frameworks route. On the response it then looks at its criteria: every `success`
+//! criterion must hold, and any `failure` criterion that holds makes the outcome a
+//! failure, whatever the success criteria say. Success criteria that do not all hold
+//! mean [`Outcome::Undecided`]: a login attempt whose result is unknown, which still
+//! rotates the ID unless the rule says `undecided = "keep"`. Body criteria read at most
+//! `body_peek` bytes from the start of the body; the body still streams to the client in
+//! full.
 
 use http::{HeaderMap, HeaderName, Method, StatusCode};
 use regex::bytes::Regex as BytesRegex;
 use regex::Regex;
 
+pub use crate::config::Undecided;
 use crate::cookies::SetCookie;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Success,
     Failure,
-    NoMatch,
+    /// Neither success nor failure.
+    Undecided,
 }
 
+/// Compiled lower-cased (`Exact` also without a trailing slash); `Regex` is
+/// case-insensitive.
 #[derive(Debug)]
 pub enum PathMatch {
     Exact(String),
@@ -61,6 +68,7 @@ pub struct Rule {
     pub body_peek: usize,
     pub subject: Option<SubjectSource>,
     pub clear_site_data: bool,
+    pub undecided: Undecided,
 }
 
 /// The parts of a response a rule may look at.
@@ -72,13 +80,17 @@ pub struct ResponseView<'a> {
 }
 
 impl Rule {
+    /// `path` is the canonical path; it is folded here as the rule's own path was.
     pub fn matches_request(&self, method: &Method, path: &str) -> bool {
-        (self.methods.is_empty() || self.methods.contains(method))
-            && match &self.path {
-                PathMatch::Exact(p) => path == p,
-                PathMatch::Prefix(p) => path.starts_with(p.as_str()),
-                PathMatch::Regex(r) => r.is_match(path),
-            }
+        if !(self.methods.is_empty() || self.methods.contains(method)) {
+            return false;
+        }
+        let folded = crate::canon::rule_path(path);
+        match &self.path {
+            PathMatch::Exact(p) => folded == *p,
+            PathMatch::Prefix(p) => folded.starts_with(p.as_str()) || path.to_lowercase().starts_with(p.as_str()),
+            PathMatch::Regex(r) => r.is_match(path) || r.is_match(&folded),
+        }
     }
 
     /// Whether evaluating this rule needs the start of the response body.
@@ -89,8 +101,8 @@ impl Rule {
             .any(|c| matches!(c, Criterion::Body { .. }))
     }
 
-    /// `default_success` applies when the rule lists no success criterion (logout
-    /// rules: any status below 400).
+    /// A rule without success criteria (logout rules only: login rules must have
+    /// some) succeeds on any status below 400.
     pub fn evaluate(&self, resp: &ResponseView<'_>) -> Outcome {
         if self.failure.iter().any(|c| holds(c, resp)) {
             return Outcome::Failure;
@@ -103,7 +115,7 @@ impl Rule {
         if success {
             Outcome::Success
         } else {
-            Outcome::NoMatch
+            Outcome::Undecided
         }
     }
 }
@@ -154,6 +166,7 @@ mod tests {
             body_peek: 1024,
             subject: None,
             clear_site_data: false,
+            undecided: Undecided::Rotate,
         }
     }
 
@@ -176,8 +189,17 @@ mod tests {
     fn request_matching() {
         let r = rule(vec![], vec![]);
         assert!(r.matches_request(&Method::POST, "/login"));
-        assert!(!r.matches_request(&Method::GET, "/login"));
+        assert!(r.matches_request(&Method::POST, "/Login/"));
+        assert!(r.matches_request(&Method::POST, "/LOGIN"));
+        assert!(!r.matches_request(&Method::GET, "/login"), "methods listed: only those");
         assert!(!r.matches_request(&Method::POST, "/login/x"));
+        let any = Rule {
+            methods: vec![],
+            ..rule(vec![], vec![])
+        };
+        for m in ["GET", "HEAD", "PUT", "PATCH", "FOO"] {
+            assert!(any.matches_request(&Method::from_bytes(m.as_bytes()).unwrap(), "/login"));
+        }
     }
 
     #[test]
@@ -198,7 +220,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(http::header::LOCATION, "/account".parse().unwrap());
         assert_eq!(r.evaluate(&view(302, &h, b"")), Outcome::Success);
-        assert_eq!(r.evaluate(&view(200, &h, b"")), Outcome::NoMatch);
+        assert_eq!(r.evaluate(&view(200, &h, b"")), Outcome::Undecided);
         h.insert(http::header::LOCATION, "/account?error=1".parse().unwrap());
         assert_eq!(
             r.evaluate(&view(302, &h, b"")),
@@ -224,7 +246,7 @@ mod tests {
         );
         assert_eq!(
             r.evaluate(&view(200, &h, b"something else")),
-            Outcome::NoMatch
+            Outcome::Undecided
         );
         let negated = rule(
             vec![Criterion::StatusNotIn(vec![401]), body("error", false)],
@@ -233,7 +255,7 @@ mod tests {
         assert_eq!(negated.evaluate(&view(200, &h, b"ok")), Outcome::Success);
         assert_eq!(
             negated.evaluate(&view(200, &h, b"an error")),
-            Outcome::NoMatch
+            Outcome::Undecided
         );
     }
 
@@ -253,7 +275,7 @@ mod tests {
         );
         assert_eq!(
             logout.evaluate(&view(500, &HeaderMap::new(), b"")),
-            Outcome::NoMatch
+            Outcome::Undecided
         );
     }
 

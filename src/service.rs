@@ -1,55 +1,73 @@
-//! The per-request pipeline: a hyper service that runs the phases in a fixed order.
+//! The per-request pipeline: a hyper service that runs the phases in a fixed order, each
+//! one a function over the request's context ([`Ctx`]). This chart is the table of
+//! contents of the request path:
 //!
 //! ```text
 //!  request
-//!    │ route ─────────────────────────────── 404 when nothing matches
-//!    │ session: take sessiongate's cookie and vaulted names out of Cookie, validate,
-//!    │          load (expiry, grace, login claim; stale IDs reported) ── 503 / 409
-//!    │ URL: strip vaulted names from ;params and ?query
-//!    │ vault: inject the session's app cookies for this path
-//!    │ rules: does a login / logout rule match the request? login: claim the session,
-//!    │        peek the form for the subject
-//!    │ forward: hop-by-hop, Host, X-Forwarded-*, body cap ── 413 / 502 / 504
+//!    │ read_request: canonical host, target and framing (`canon`) ── 400 / 501
+//!    │ route: host + canonical path -> route ───────────────────────── 404
+//!    │ check_route: TRACE/TRACK, Upgrade allow-list, `_` headers ───── 405
+//!    │ session_cookies: strict Cookie parse; sessiongate's cookie out, vaulted names
+//!    │          (under every reading, `names`) and malformed pairs dropped
+//!    │ admit + resolve: the ID is admitted (`inflight`), then its session loaded
+//!    │          (expiry, grace, login claim; stale IDs reported) ── 503 / 409
+//!    │ read_body: form-like bodies read whole: vaulted fields removed, credential
+//!    │          fields and the subject found (`forms`) ─────────── 400 / 413
+//!    │ detect_login: a login rule's path and method, or a credential field anywhere
+//!    │ claim: login -> claim in the store, close the ID here and drain requests in
+//!    │          flight on it ──────────────────────────────────── 409 / 503
+//!    │ build_upstream: canonical target without vaulted ;params and ?fields, Cookie
+//!    │          rebuilt (vault first, then the kept pairs), framing, X-Forwarded-*
+//!    │ send: to the app; a login on this ID cancels it ─────── 409 / 502 / 504
 //!    ▼
 //!  response head (+ capped body peek when a rule reads the body)
-//!    │ inspect: evaluate the rule: success / failure / no match
-//!    │ vault: capture vaulted Set-Cookies out of the response
-//!    │ rotate: login -> new ID, old killed | logout -> revoked | otherwise create,
-//!    │         merge, periodic rotation or touch; committed before going on ── 503
-//!    │ cookies: harden every remaining Set-Cookie, add sessiongate's own
+//!    │ evaluate: the rule's outcome: success / failure / undecided
+//!    │ capture: vaulted Set-Cookies out of the response (`vault`)
+//!    │ commit: login -> new ID, old killed | undecided login -> new ID | logout ->
+//!    │         revoked | otherwise create, merge, periodic rotation or touch; committed
+//!    │         before going on ──────────────────────────────────── 503
+//!    │ finish: harden every remaining Set-Cookie, add sessiongate's own
 //!    ▼
 //!  client (access log line)
 //! ```
 //!
-//! Routes without `[routes.session]` skip the session phases, but sessiongate's cookie
-//! is still never forwarded. Every failure becomes a [`ProxyError`] and is answered and
-//! logged in one place, [`AppState::handle`]. Shared state is an `Arc<AppState>`;
-//! per-request state lives on the stack of `proxy`.
+//! Routes without `[routes.session]` skip the session phases; they still never forward
+//! sessiongate's cookie, and when a session route shares their upstream they also filter
+//! its vaulted names both ways. Every failure becomes a [`ProxyError`] and is answered and
+//! logged in one place, [`AppState::handle`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response};
+use http::{Method, Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, Route, RouteSession};
+use crate::canon::{self, FramingError, Host, Target};
+use crate::config::{Config, Route, RouteSession, Undecided};
 use crate::cookies;
 use crate::error::ProxyError;
+use crate::forms::{self, BodyKind, Inspect};
+use crate::inflight::{Closing, InFlight, Ticket};
 use crate::listener::StartError;
-use crate::rotate::Sessions;
-use crate::router::{request_host, Router};
-use crate::rules::{self, Outcome, ResponseView, Rule, SubjectSource};
-use crate::session::{self, ChaChaIds};
+use crate::names::NameGuard;
+use crate::rotate::{Current, Resolved, Sessions};
+use crate::router::Router;
+use crate::rules::{Outcome, ResponseView, Rule, SubjectSource};
+use crate::session::{self, ChaChaIds, Presented};
 use crate::store::{now_ms, SessionStore};
 use crate::telemetry::{Metrics, RouteLabel};
-use crate::upstream::{
-    is_upgrade_request, prepare_request, prepare_response, ConnInfo, UpstreamClient,
-};
+use crate::upstream::{self, prepare_response, ConnInfo, Outgoing, UpstreamClient};
 use crate::{vault, Body};
+
+/// How long a login waits for the requests already in flight on its session before it
+/// cancels them.
+const LOGIN_DRAIN: Duration = Duration::from_secs(5);
 
 /// Everything a request needs that outlives it.
 pub struct AppState {
@@ -58,6 +76,42 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     router: Router,
     upstream: UpstreamClient,
+    inflight: Arc<InFlight>,
+}
+
+/// The canonical reading of a request, made once before routing.
+struct Canonical {
+    host: Option<Host>,
+    target: Target,
+    /// The request declared a body.
+    has_body: bool,
+}
+
+/// Per-request state of a session route, filled in phase by phase.
+struct Ctx<'a> {
+    route: &'a Route,
+    rs: &'a RouteSession,
+    conn: ConnInfo,
+    now: u64,
+    canon: Canonical,
+    presented: Presented,
+    /// The client's cookie pairs the app may see.
+    kept: Vec<Vec<u8>>,
+    ticket: Option<Ticket>,
+    resolved: Resolved,
+    login: Option<&'a Rule>,
+    logout: Option<&'a Rule>,
+    /// A login rule matched or a credential field was sent.
+    attempt: bool,
+    subject: Option<String>,
+    claimed: bool,
+    closing: Option<Closing>,
+}
+
+impl Ctx<'_> {
+    fn current(&self) -> Option<&Current> {
+        self.resolved.current.as_ref()
+    }
 }
 
 impl AppState {
@@ -67,10 +121,7 @@ impl AppState {
         metrics: Arc<Metrics>,
     ) -> Result<AppState, StartError> {
         let ids = Arc::new(ChaChaIds::new()?);
-        let login_settle = match &config.store {
-            crate::config::StoreConfig::Firestore { cache_ttl, .. } => *cache_ttl,
-            _ => std::time::Duration::ZERO,
-        };
+        let login_settle = store.replica_staleness();
         Ok(AppState {
             router: Router::new(&config.routes),
             upstream: UpstreamClient::new(&config.upstream)?,
@@ -82,6 +133,7 @@ impl AppState {
                 login_settle,
                 metrics.clone(),
             )),
+            inflight: Arc::new(InFlight::default()),
             metrics,
             config,
         })
@@ -96,23 +148,30 @@ impl AppState {
         let started = Instant::now();
         let method = req.method().clone();
         // Only the path: query strings can carry session IDs and personal data.
-        let path = req.uri().path().to_owned();
-        let route = self
-            .router
-            .route(request_host(&req), req.uri().path())
-            .cloned();
-        let route_name = route.as_ref().map_or("-", |r| r.name.as_str()).to_owned();
-
-        let result = match route {
-            Some(route) => self.proxy(&route, conn, req).await,
-            None => Err(ProxyError::NoRoute),
+        let raw_path = req.uri().path().to_owned();
+        let mut route_name = "-".to_owned();
+        let result = match read_request(&req) {
+            Err(e) => Err(e),
+            Ok(canon) => match self.router.route(canon.host.as_ref().map(|h| h.name.as_str()), &canon.target.path) {
+                None => Err(ProxyError::NoRoute),
+                Some(route) => {
+                    let route = route.clone();
+                    route_name.clone_from(&route.name);
+                    self.proxy(&route, conn, canon, req).await
+                }
+            },
         };
         let resp = result.unwrap_or_else(|e| {
-            warn!(route = %route_name, %method, %path, side = ?e.side(), error = %e, "request failed");
+            if let Some(reason) = e.rejection_reason() {
+                self.metrics
+                    .rejected
+                    .get_or_create(&crate::telemetry::ReasonLabel { reason })
+                    .inc();
+            }
+            warn!(route = %route_name, %method, path = %raw_path, side = ?e.side(), error = %e, "request failed");
             e.into_response()
         });
-        self.metrics
-            .count_request(&route_name, resp.status().as_u16());
+        self.metrics.count_request(&route_name, resp.status().as_u16());
         let upstream_ms = resp
             .extensions()
             .get::<UpstreamTime>()
@@ -121,7 +180,7 @@ impl AppState {
             target: "access",
             route = %route_name,
             %method,
-            %path,
+            path = %raw_path,
             status = resp.status().as_u16(),
             latency_ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
             upstream_ms = format_args!("{upstream_ms:.3}"),
@@ -134,34 +193,376 @@ impl AppState {
         &self,
         route: &Arc<Route>,
         conn: ConnInfo,
+        canon: Canonical,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
-        let Some(rs) = &route.session else {
-            session::strip_proxy_cookie(req.headers_mut(), &self.sessions.cfg.cookie_name);
-            let mut resp = self.forward(route, conn, req).await?;
-            harden_set_cookies(route, resp.headers_mut());
-            return Ok(resp);
-        };
-        self.proxy_with_session(route, rs, conn, req).await
+        self.check_route(route, &mut req)?;
+        match &route.session {
+            None => self.proxy_plain(route, conn, canon, req).await,
+            Some(rs) => {
+                let ctx = Ctx {
+                    route,
+                    rs,
+                    conn,
+                    now: now_ms(),
+                    canon,
+                    presented: Presented::Absent,
+                    kept: Vec::new(),
+                    ticket: None,
+                    resolved: Resolved::default(),
+                    login: None,
+                    logout: None,
+                    attempt: false,
+                    subject: None,
+                    claimed: false,
+                    closing: None,
+                };
+                self.proxy_session(ctx, req).await
+            }
+        }
     }
 
-    /// Forwards a prepared request and relays a protocol switch if the app accepts one.
-    async fn forward(
+    /// Route-level refusals and removals that do not depend on the session.
+    fn check_route(&self, route: &Route, req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+        let m = req.method().as_str();
+        if !route.allow_trace && (m.eq_ignore_ascii_case("TRACE") || m.eq_ignore_ascii_case("TRACK")) {
+            // The app would echo the request, vault cookies included.
+            return Err(ProxyError::MethodNotAllowed("TRACE and TRACK echo the request"));
+        }
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed("CONNECT has no place behind a reverse proxy"));
+        }
+        if !route.forward_underscore_headers {
+            let n = canon::drop_underscore_headers(req.headers_mut());
+            self.metrics.count_removed("underscore_header", n);
+        }
+        Ok(())
+    }
+
+    /// A route without session protection: sessiongate's cookie is removed; when a session
+    /// route shares the upstream, its vaulted names are filtered both ways.
+    async fn proxy_plain(
         &self,
         route: &Route,
         conn: ConnInfo,
+        canon: Canonical,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
-        // Taken before the request is consumed: resolves once we answer 101.
-        let client_upgrade = is_upgrade_request(&req).then(|| hyper::upgrade::on(&mut req));
-        let up_req = prepare_request(route, &conn, req)?;
-        self.send(route, up_req, client_upgrade).await
+        let cookie_name = &self.sessions.cfg.cookie_name;
+        if route.protected.is_empty() {
+            session::strip_proxy_cookie(req.headers_mut(), cookie_name);
+        } else {
+            let split = session::split_request_cookies(req.headers(), cookie_name, &route.protected);
+            self.count_cookie_drops(&split);
+            let joined = session::join_pairs(split.kept.iter().copied());
+            session::set_cookie_request_header(req.headers_mut(), joined);
+        }
+        let upgrade = upstream::requested_upgrade(&req, &route.upgrades);
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let pq = self.forwarded_target(route, &route.protected, &canon.target);
+        upstream::check_declared_length(route, req.headers())?;
+        let (parts, body) = req.into_parts();
+        let body = upstream::client_body(route, body);
+        let out = Outgoing {
+            path_and_query: &pq,
+            host: canon.host.as_ref(),
+            upgrade: upgrade.as_deref(),
+            has_body: canon.has_body,
+        };
+        let up_req = upstream::prepare_request(route, &conn, parts, body, &out)?;
+        let mut resp = self.send(route, up_req, upgrade.as_deref(), client_upgrade).await?;
+        if !route.protected.is_empty() {
+            let dropped = vault::capture(resp.headers_mut(), &route.protected, cookie_name, &canon.target.path, now_ms());
+            if !dropped.is_empty() {
+                warn!(route = %route.name, count = dropped.len(), "dropped the app's session Set-Cookie on a route without session protection");
+                self.metrics.count_removed("protected_set_cookie", dropped.len());
+            }
+        }
+        harden_set_cookies(route, resp.headers_mut());
+        Ok(resp)
+    }
+
+    async fn proxy_session(&self, mut ctx: Ctx<'_>, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+        self.session_cookies(&mut ctx, &req);
+        self.admit_and_resolve(&mut ctx).await?;
+        let upgrade = upstream::requested_upgrade(&req, &ctx.route.upgrades);
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        upstream::check_declared_length(ctx.route, req.headers())?;
+        let (mut parts, body) = req.into_parts();
+        let (body, buffered) = self.read_body(&mut ctx, &parts, body).await?;
+        self.detect_login(&mut ctx, &parts.method);
+        if ctx.login.is_some_and(Rule::needs_body) {
+            // Body rules need plain text: ask the app not to compress this response.
+            parts.headers.remove(header::ACCEPT_ENCODING);
+        }
+        self.claim(&mut ctx).await?;
+        let sent = async {
+            if buffered && !ctx.claimed {
+                self.check_still_current(&mut ctx).await?;
+            }
+            let up_req = self.build_upstream(&ctx, parts, body, upgrade.as_deref())?;
+            self.send_admitted(&mut ctx, up_req, upgrade.as_deref(), client_upgrade).await
+        }
+        .await;
+        let mut resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => {
+                // Only when the app certainly never saw the login is the claim released;
+                // otherwise it runs out and the session dies (fail closed).
+                if ctx.claimed && !matches!(e, ProxyError::Upstream(_) | ProxyError::UpstreamTimeout(_)) {
+                    if let Some(cur) = ctx.current() {
+                        self.sessions.release_login(cur).await?;
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let outcome = self.evaluate(&mut ctx, &mut resp).await?;
+        let changes = vault::capture(
+            resp.headers_mut(),
+            &ctx.rs.vault,
+            &self.sessions.cfg.cookie_name,
+            &ctx.canon.target.path,
+            ctx.now,
+        );
+        let set_cookie = self.commit(&ctx, outcome, changes, &mut resp).await?;
+        drop(ctx.closing.take());
+        finish(ctx.route, &mut resp, set_cookie);
+        Ok(resp)
+    }
+
+    /// Phase: the Cookie header, read strictly.
+    fn session_cookies(&self, ctx: &mut Ctx<'_>, req: &Request<Incoming>) {
+        let split = session::split_request_cookies(req.headers(), &self.sessions.cfg.cookie_name, &ctx.route.protected);
+        self.count_cookie_drops(&split);
+        if split.protected > 0 {
+            debug!(route = %ctx.route.name, count = split.protected, "removed client cookies named like a vaulted cookie");
+        }
+        ctx.kept = split.kept.iter().map(|p| p.to_vec()).collect();
+        ctx.presented = split.presented;
+    }
+
+    fn count_cookie_drops(&self, split: &session::RequestCookies<'_>) {
+        if split.malformed > 0 {
+            debug!(count = split.malformed, "dropped malformed Cookie pairs (values not logged)");
+        }
+        self.metrics.count_removed("malformed_cookie", split.malformed);
+        self.metrics.count_removed("protected_cookie", split.protected);
+    }
+
+    /// Phase: admit the presented ID (before reading its session, so that a login can
+    /// wait for this request), then load the session.
+    async fn admit_and_resolve(&self, ctx: &mut Ctx<'_>) -> Result<(), ProxyError> {
+        if let Presented::Valid(id) = &ctx.presented {
+            match self.inflight.admit(id.key()) {
+                Ok(t) => ctx.ticket = Some(t),
+                Err(_) => {
+                    self.sessions.counters().login_conflicts.inc();
+                    return Err(ProxyError::LoginInProgress);
+                }
+            }
+        }
+        ctx.resolved = self
+            .sessions
+            .resolve(&ctx.presented, &ctx.route.name, ctx.now, ctx.rs.on_store_failure)
+            .await?;
+        Ok(())
+    }
+
+    /// Phase: a body the app could read parameters from is read whole (within the body
+    /// cap) and inspected; any other body streams.
+    async fn read_body(
+        &self,
+        ctx: &mut Ctx<'_>,
+        parts: &http::request::Parts,
+        body: Incoming,
+    ) -> Result<(Body, bool), ProxyError> {
+        let kind = forms::body_kind(&parts.headers);
+        if !ctx.canon.has_body || kind == BodyKind::Opaque {
+            return Ok((upstream::client_body(ctx.route, body), false));
+        }
+        let bytes = read_whole(ctx.route, upstream::client_body(ctx.route, body)).await?;
+        let subject_field = self.subject_field(ctx, &parts.method);
+        let what = Inspect {
+            protected: &ctx.route.protected,
+            strip: ctx.rs.strip_request_session_ids,
+            credentials: &ctx.rs.credential_fields,
+            subject_field,
+            multipart: ctx.rs.multipart_session_ids,
+        };
+        let inspected = forms::inspect(&kind, bytes, &what).await.map_err(|e| {
+            debug!(route = %ctx.route.name, error = %e, "refused a form body");
+            ProxyError::BadRequest(match e {
+                forms::FormError::ProtectedPart => "a multipart part is named like a vaulted session cookie",
+                forms::FormError::Unencodable => "a multipart part name cannot be forwarded unambiguously",
+                forms::FormError::Multipart(_) => "the multipart body could not be parsed",
+            })
+        })?;
+        if inspected.removed > 0 {
+            debug!(route = %ctx.route.name, "removed a vaulted session ID from a form body");
+            self.metrics.count_removed("protected_field", inspected.removed);
+        }
+        ctx.attempt |= inspected.credentials;
+        ctx.subject = inspected.subject;
+        Ok((crate::full_body(inspected.body), true))
+    }
+
+    /// The form field a login rule takes the subject from, if the request could be one.
+    fn subject_field<'r>(&self, ctx: &Ctx<'r>, method: &Method) -> Option<&'r str> {
+        let rule = crate::rules::find(&ctx.rs.login, method, &ctx.canon.target.path)?;
+        match rule.subject.as_ref() {
+            Some(SubjectSource::FormField(f)) => Some(f.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Phase: is this a login attempt (a login rule, or credentials anywhere), a logout?
+    fn detect_login(&self, ctx: &mut Ctx<'_>, method: &Method) {
+        let path = &ctx.canon.target.path;
+        ctx.login = crate::rules::find(&ctx.rs.login, method, path);
+        if let Some(q) = &ctx.canon.target.query {
+            ctx.attempt |= forms::has_credential_field(q.as_bytes(), &ctx.rs.credential_fields);
+        }
+        ctx.attempt |= ctx.login.is_some();
+        if !ctx.attempt {
+            ctx.logout = crate::rules::find(&ctx.rs.logout, method, path);
+        }
+    }
+
+    /// Phase: a login attempt on a session claims it in the store (other replicas answer
+    /// 409) and closes it here, waiting for the requests already in flight on it.
+    async fn claim(&self, ctx: &mut Ctx<'_>) -> Result<(), ProxyError> {
+        if !ctx.attempt {
+            return Ok(());
+        }
+        let (Some(cur), Some(ticket)) = (ctx.resolved.current.as_ref(), ctx.ticket.as_ref()) else {
+            return Ok(());
+        };
+        let closing = self.inflight.close(ticket, LOGIN_DRAIN).await.map_err(|_| {
+            self.sessions.counters().login_conflicts.inc();
+            ProxyError::LoginInProgress
+        })?;
+        if closing.cancelled > 0 {
+            warn!(route = %ctx.route.name, id_hash = %cur.key, count = closing.cancelled, "a login cancelled requests still in flight on its session");
+            self.sessions
+                .counters()
+                .login_cancelled_requests
+                .inc_by(u64::try_from(closing.cancelled).unwrap_or(u64::MAX));
+        }
+        ctx.closing = Some(closing);
+        self.sessions.claim_login(cur, ctx.route.response_timeout, ctx.now).await?;
+        ctx.claimed = true;
+        Ok(())
+    }
+
+    /// A request whose body took time to arrive is forwarded with the vault only if its
+    /// session is still the same one (no login, logout or rotation meanwhile).
+    async fn check_still_current(&self, ctx: &mut Ctx<'_>) -> Result<(), ProxyError> {
+        if let Some(cur) = ctx.resolved.current.as_ref() {
+            if !self.sessions.still_current(cur).await? {
+                return Err(ProxyError::SessionChanged);
+            }
+        }
+        Ok(())
+    }
+
+    /// The canonical path and query for the app: vaulted `;params` and query fields
+    /// removed, other `;params` only with `keep_path_params`.
+    fn forwarded_target(&self, route: &Route, protected: &NameGuard, target: &Target) -> String {
+        let path = target.path_with_params(|p| route.keep_path_params && !vault::is_protected_param(p, protected));
+        let removed_params = target
+            .segments
+            .iter()
+            .flat_map(|s| &s.params)
+            .filter(|p| vault::is_protected_param(p, protected))
+            .count();
+        self.metrics.count_removed("protected_path_param", removed_params);
+        match &target.query {
+            None => path,
+            Some(q) => {
+                let q = match vault::strip_fields(q.as_bytes(), protected) {
+                    Some(stripped) => {
+                        debug!(route = %route.name, "removed a vaulted session ID from the query string");
+                        self.metrics.count_removed("protected_query_field", 1);
+                        String::from_utf8(stripped).unwrap_or_default()
+                    }
+                    None => q.clone(),
+                };
+                if q.is_empty() {
+                    path
+                } else {
+                    format!("{path}?{q}")
+                }
+            }
+        }
+    }
+
+    /// Phase: the request the app receives.
+    fn build_upstream(
+        &self,
+        ctx: &Ctx<'_>,
+        mut parts: http::request::Parts,
+        body: Body,
+        upgrade: Option<&str>,
+    ) -> Result<Request<Body>, ProxyError> {
+        let strip = if ctx.rs.strip_request_session_ids {
+            &ctx.route.protected
+        } else {
+            &NameGuard::default()
+        };
+        let pq = self.forwarded_target(ctx.route, strip, &ctx.canon.target);
+        // The vault's pairs first: with no client pair that reads as a vaulted name left,
+        // the order cannot matter, but first-wins parsers are then right twice over.
+        let mut pairs: Vec<Vec<u8>> = match ctx.current() {
+            Some(cur) => vault::pairs_for(&cur.record.vault, &ctx.canon.target.path, ctx.now)
+                .into_iter()
+                .map(String::into_bytes)
+                .collect(),
+            None => Vec::new(),
+        };
+        pairs.extend(ctx.kept.iter().cloned());
+        session::set_cookie_request_header(&mut parts.headers, session::join_pairs(pairs.iter().map(Vec::as_slice)));
+        let out = Outgoing {
+            path_and_query: &pq,
+            host: ctx.canon.host.as_ref(),
+            upgrade,
+            has_body: ctx.canon.has_body,
+        };
+        upstream::prepare_request(ctx.route, &ctx.conn, parts, body, &out)
+    }
+
+    /// Phase: send, unless a login on this session cancels the request first. The
+    /// ticket is released once the response head is in.
+    async fn send_admitted(
+        &self,
+        ctx: &mut Ctx<'_>,
+        up_req: Request<Body>,
+        upgrade: Option<&str>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let send = self.send(ctx.route, up_req, upgrade, client_upgrade);
+        let resp = match (ctx.ticket.as_mut(), ctx.closing.is_some()) {
+            // The login itself holds the session closed: nothing can cancel it.
+            (Some(ticket), false) => {
+                tokio::select! {
+                    biased;
+                    () = ticket.cancelled() => Err(ProxyError::SessionChanged),
+                    r = send => r,
+                }
+            }
+            _ => send.await,
+        };
+        if ctx.closing.is_none() {
+            ctx.ticket = None;
+        }
+        resp
     }
 
     async fn send(
         &self,
         route: &Route,
         up_req: Request<Body>,
+        upgrade: Option<&str>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Result<Response<Body>, ProxyError> {
         let started = Instant::now();
@@ -176,124 +577,43 @@ impl AppState {
         let mut up_resp = sent?;
         // For the access log line, which is written once the response is complete.
         up_resp.extensions_mut().insert(UpstreamTime(upstream_time));
-        if let (Some(client_upgrade), http::StatusCode::SWITCHING_PROTOCOLS) =
-            (client_upgrade, up_resp.status())
-        {
-            let upstream_upgrade = hyper::upgrade::on(&mut up_resp);
-            tokio::spawn(relay_upgraded(client_upgrade, upstream_upgrade));
+        if up_resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            let agreed = up_resp
+                .headers()
+                .get(header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_ascii_lowercase());
+            match (client_upgrade, upgrade) {
+                (Some(client), Some(asked)) if agreed.as_deref() == Some(asked) => {
+                    let upstream_upgrade = hyper::upgrade::on(&mut up_resp);
+                    tokio::spawn(relay_upgraded(client, upstream_upgrade));
+                }
+                // A switch nobody asked for, or to another protocol: no tunnel.
+                _ => {
+                    return Err(ProxyError::Upstream(
+                        "the app switched protocols without an allowed Upgrade request".into(),
+                    ))
+                }
+            }
         }
         Ok(prepare_response(up_resp, route.body_idle_timeout))
     }
 
-    async fn proxy_with_session(
-        &self,
-        route: &Route,
-        rs: &RouteSession,
-        conn: ConnInfo,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<Body>, ProxyError> {
-        let sessions = &self.sessions;
-        let now = now_ms();
-
-        // Session: what did the client present?
-        let (presented, kept) =
-            session::split_request_cookies(req.headers(), &sessions.cfg.cookie_name, &rs.vault);
-        let mut pairs: Vec<Vec<u8>> = kept.into_iter().map(<[u8]>::to_vec).collect();
-        let resolved = sessions
-            .resolve(&presented, &route.name, now, rs.on_store_failure)
-            .await?;
-        let current = resolved.current.as_ref();
-
-        // URL: session IDs in URLs are a fixation path of their own.
-        if rs.strip_request_session_ids {
-            if let Some(uri) = vault::strip_url_ids(req.uri(), &rs.vault) {
-                debug!(route = %route.name, "removed a vaulted session ID from the URL");
-                *req.uri_mut() = uri;
-            }
-        }
-        let path = req.uri().path().to_owned();
-
-        // Vault: the app sees its own cookies, from the record only.
-        if let Some(cur) = current {
-            pairs.extend(
-                vault::pairs_for(&cur.record.vault, &path, now)
-                    .into_iter()
-                    .map(String::into_bytes),
-            );
-        }
-        session::set_cookie_header(
-            req.headers_mut(),
-            session::join_pairs(pairs.iter().map(Vec::as_slice)),
-        );
-
-        // Rules: login or logout?
-        let login = rules::find(&rs.login, req.method(), &path);
-        let logout = login
-            .is_none()
-            .then(|| rules::find(&rs.logout, req.method(), &path))
-            .flatten();
-        let claimed = match (login, current) {
-            (Some(_), Some(cur)) => {
-                sessions
-                    .claim_login(cur, route.response_timeout, now)
-                    .await?;
-                Some(cur)
-            }
-            _ => None,
-        };
-        if login.is_some_and(Rule::needs_body) {
-            // Body rules need plain text: ask the app not to compress this response.
-            req.headers_mut().remove(header::ACCEPT_ENCODING);
-        }
-
-        let client_upgrade = is_upgrade_request(&req).then(|| hyper::upgrade::on(&mut req));
-        let mut up_req = prepare_request(route, &conn, req)?;
-        // Form bodies are read whole (capped by max_request_body) when a session ID could
-        // hide in them or the login rule wants a field from them.
-        let mut subject = None;
-        let subject_field = match login.and_then(|r| r.subject.as_ref()) {
-            Some(SubjectSource::FormField(f)) => Some(f.as_str()),
-            _ => None,
-        };
-        if is_form(up_req.headers()) && (rs.strip_request_session_ids || subject_field.is_some()) {
-            let (mut parts, body) = up_req.into_parts();
-            let mut form = read_form(route, body).await?;
-            if rs.strip_request_session_ids {
-                if let Some(stripped) = vault::strip_form_ids(&form, &rs.vault) {
-                    debug!(route = %route.name, "removed a vaulted session ID from a form body");
-                    form = stripped.into();
-                }
-            }
-            subject = subject_field.and_then(|f| rules::form_field(&form, f));
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(form.len()));
-            up_req = Request::from_parts(parts, crate::full_body(form));
-        }
-        let mut resp = match self.send(route, up_req, client_upgrade).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                // Only when the app certainly never saw the login is the claim released;
-                // otherwise it runs out and the session dies (fail closed).
-                if let (Some(cur), ProxyError::UpstreamConnect(_)) = (claimed, &e) {
-                    sessions.release_login(cur).await?;
-                }
-                return Err(e);
-            }
-        };
-
-        // Inspect: evaluate the matching rule on the response.
-        let outcome = match login.or(logout) {
-            None => Outcome::NoMatch,
+    /// Phase: the rule's outcome, read from the response head and a capped body peek.
+    async fn evaluate(&self, ctx: &mut Ctx<'_>, resp: &mut Response<Body>) -> Result<Outcome, ProxyError> {
+        let rule = ctx.login.or(ctx.logout);
+        let outcome = match rule {
+            // A credential field without a rule: nothing says how it went.
+            None if ctx.attempt => Outcome::Undecided,
+            None => return Ok(Outcome::Undecided),
             Some(rule) => {
-                let mut head = bytes::Bytes::new();
+                let mut head = Bytes::new();
                 if rule.needs_body() {
-                    let (parts, body) = resp.into_parts();
-                    let (peeked, body) =
-                        crate::body::peek(body, rule.body_peek, route.body_idle_timeout)
-                            .await
-                            .map_err(ProxyError::Upstream)?;
-                    resp = Response::from_parts(parts, body);
+                    let (parts, body) = std::mem::replace(resp, Response::new(crate::full_body(Bytes::new()))).into_parts();
+                    let (peeked, body) = crate::body::peek(body, rule.body_peek, ctx.route.body_idle_timeout)
+                        .await
+                        .map_err(ProxyError::Upstream)?;
+                    *resp = Response::from_parts(parts, body);
                     head = peeked;
                 }
                 rule.evaluate(&ResponseView {
@@ -303,84 +623,89 @@ impl AppState {
                 })
             }
         };
-        if let Some(SubjectSource::ResponseHeader(h)) = login.and_then(|r| r.subject.as_ref()) {
-            subject = resp
-                .headers()
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+        if let Some(SubjectSource::ResponseHeader(h)) = ctx.login.and_then(|r| r.subject.as_ref()) {
+            ctx.subject = resp.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_owned);
         }
+        Ok(outcome)
+    }
 
-        // Vault: the app's session cookies never reach the browser.
-        let changes = vault::capture(
-            resp.headers_mut(),
-            &rs.vault,
-            &sessions.cfg.cookie_name,
-            &path,
-            now,
-        );
-
-        // Rotate: commit before the response (and its cookie) leaves.
-        let mut set_cookie = match (login, logout, outcome) {
-            (Some(_), _, Outcome::Success) => {
-                sessions.counters().login_success.inc();
-                Some(
-                    sessions
-                        .login(current, changes, subject, &route.name, now)
-                        .await?,
-                )
-            }
-            (None, Some(rule), Outcome::Success) => {
-                if rule.clear_site_data {
-                    resp.headers_mut()
-                        .insert("clear-site-data", HeaderValue::from_static("\"cookies\""));
+    /// Phase: commit the session change before the response (and its cookie) leaves.
+    async fn commit(
+        &self,
+        ctx: &Ctx<'_>,
+        outcome: Outcome,
+        changes: Vec<vault::VaultChange>,
+        resp: &mut Response<Body>,
+    ) -> Result<Option<HeaderValue>, ProxyError> {
+        let sessions = &self.sessions;
+        let (current, route) = (ctx.current(), ctx.route.name.as_str());
+        let c = sessions.counters();
+        let set_cookie = if ctx.attempt {
+            let undecided = ctx.login.map_or(Undecided::Rotate, |r| r.undecided);
+            match outcome {
+                Outcome::Success => {
+                    c.login_success.inc();
+                    Some(sessions.login(current, changes, ctx.subject.clone(), route, ctx.now).await?)
                 }
-                Some(sessions.logout(current, &route.name, now).await?)
-            }
-            (login, _, outcome) => {
-                if login.is_some() {
-                    let c = sessions.counters();
-                    let counter = if outcome == Outcome::Failure {
-                        &c.login_failure
+                Outcome::Undecided if undecided == Undecided::Rotate && current.is_some() => {
+                    c.login_no_match.inc();
+                    Some(sessions.rotate_undecided(current, changes, route, ctx.now).await?)
+                }
+                outcome => {
+                    if outcome == Outcome::Failure {
+                        c.login_failure.inc();
                     } else {
-                        &c.login_no_match
-                    };
-                    counter.inc();
+                        c.login_no_match.inc();
+                    }
+                    if let (true, Some(cur)) = (ctx.claimed, current) {
+                        sessions.release_login(cur).await?;
+                    }
+                    sessions.after_response(current, changes, route, ctx.now).await?
                 }
-                if let Some(cur) = claimed {
-                    sessions.release_login(cur).await?;
-                }
-                sessions
-                    .after_response(current, changes, &route.name, now)
-                    .await?
             }
+        } else if let (Some(rule), Outcome::Success) = (ctx.logout, outcome) {
+            if rule.clear_site_data {
+                resp.headers_mut()
+                    .insert("clear-site-data", HeaderValue::from_static("\"cookies\""));
+            }
+            Some(sessions.logout(current, route, ctx.now).await?)
+        } else {
+            sessions.after_response(current, changes, route, ctx.now).await?
         };
-        if set_cookie.is_none() && resolved.expire_cookie {
-            set_cookie = Some(sessions.expired_cookie());
-        }
-
-        // Cookies: harden the app's, then add ours.
-        harden_set_cookies(route, resp.headers_mut());
-        if let Some(c) = set_cookie {
-            let h = resp.headers_mut();
-            h.append(header::SET_COOKIE, c);
-            // A response carrying a session cookie must never be served from a cache.
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        }
-        Ok(resp)
+        Ok(set_cookie.or_else(|| ctx.resolved.expire_cookie.then(|| sessions.expired_cookie())))
     }
 }
 
-/// Reads a whole form body, within the route's size cap and idle deadline.
-async fn read_form(route: &Route, body: Body) -> Result<bytes::Bytes, ProxyError> {
+/// Phase (before routing): the canonical reading of the request.
+fn read_request(req: &Request<Incoming>) -> Result<Canonical, ProxyError> {
+    let host = canon::request_host(req).map_err(ProxyError::BadRequest)?;
+    if req.uri().path() == "*" || req.uri().path().is_empty() {
+        return Err(ProxyError::BadRequest("asterisk- and authority-form targets are not accepted"));
+    }
+    let target = canon::target(req.uri().path(), req.uri().query()).map_err(ProxyError::BadRequest)?;
+    match canon::check_framing(req.headers()) {
+        Ok(()) => {}
+        Err(FramingError::Bad(r)) => return Err(ProxyError::BadRequest(r)),
+        Err(FramingError::UnsupportedCoding) => {
+            return Err(ProxyError::NotImplemented("only the chunked transfer coding is accepted"))
+        }
+    }
+    let has_body = req.headers().contains_key(header::CONTENT_LENGTH)
+        || req.headers().contains_key(header::TRANSFER_ENCODING)
+        || !req.body().is_end_stream();
+    Ok(Canonical { host, target, has_body })
+}
+
+/// Reads a whole body, within the route's size cap and idle deadline.
+async fn read_whole(route: &Route, body: Body) -> Result<Bytes, ProxyError> {
     use http_body_util::BodyExt;
     match tokio::time::timeout(route.body_idle_timeout, body.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ProxyError::BodyTooLarge {
             limit: route.max_request_body,
         }),
-        Ok(Err(_)) => Err(ProxyError::BadRequest("the form body could not be read")),
-        Err(_) => Err(ProxyError::BadRequest("the form body was not sent in time")),
+        Ok(Err(_)) => Err(ProxyError::BadRequest("the request body could not be read")),
+        Err(_) => Err(ProxyError::BadRequest("the request body was not sent in time")),
     }
 }
 
@@ -389,14 +714,15 @@ async fn read_form(route: &Route, body: Body) -> Result<bytes::Bytes, ProxyError
 #[derive(Clone, Copy)]
 struct UpstreamTime(std::time::Duration);
 
-fn is_form(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        })
+/// Phase: harden the app's cookies, then add ours.
+fn finish(route: &Route, resp: &mut Response<Body>, set_cookie: Option<HeaderValue>) {
+    harden_set_cookies(route, resp.headers_mut());
+    if let Some(c) = set_cookie {
+        let h = resp.headers_mut();
+        h.append(header::SET_COOKIE, c);
+        // A response carrying a session cookie must never be served from a cache.
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
 }
 
 /// Rewrites every Set-Cookie under the route's policy; drops (and logs) lines a browser

@@ -63,8 +63,12 @@ pub struct SessionCounters {
     pub login_success: Counter,
     pub login_failure: Counter,
     pub login_no_match: Counter,
+    /// Login attempts that were neither a success nor a failure and got a new ID.
+    pub undecided_rotated: Counter,
     /// Logins (or requests) refused because another login held the session.
     pub login_conflicts: Counter,
+    /// Requests in flight on a session that a login cancelled after its drain wait.
+    pub login_cancelled_requests: Counter,
 }
 
 impl SessionCounters {
@@ -108,8 +112,14 @@ impl SessionCounters {
             vault_captured: counter(r, "vault_cookies_captured", "App Set-Cookies captured into the vault"),
             login_success: outcome("success"),
             login_failure: outcome("failure"),
-            login_no_match: outcome("no_match"),
+            login_no_match: outcome("undecided"),
+            undecided_rotated: kind("undecided_login"),
             login_conflicts: counter(r, "login_conflicts", "Requests refused because a login held their session"),
+            login_cancelled_requests: counter(
+                r,
+                "login_cancelled_requests",
+                "Requests still in flight on a session when its login's drain wait ended, cancelled",
+            ),
         }
     }
 
@@ -118,9 +128,18 @@ impl SessionCounters {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RouteStatus, Counter>,
+    /// Requests refused while being read (400, 405, 501), by reason.
+    pub rejected: Family<ReasonLabel, Counter>,
+    /// Parts of requests removed before the app saw them, by kind.
+    pub removed: Family<KindLabel, Counter>,
     pub upstream_seconds: Latency,
     pub active_connections: Gauge,
     pub tls_handshake_failures: Counter,
@@ -152,6 +171,18 @@ impl Metrics {
             "requests",
             "Requests answered, by route and status class",
             requests.clone(),
+        );
+        let rejected = Family::<ReasonLabel, Counter>::default();
+        r.register(
+            "rejected_requests",
+            "Requests refused while being read (ambiguous target, Host, framing, method), by reason",
+            rejected.clone(),
+        );
+        let removed = Family::<KindLabel, Counter>::default();
+        r.register(
+            "removed_request_parts",
+            "Cookies, parameters, parts and headers removed from requests before the app saw them, by kind",
+            removed.clone(),
         );
         let upstream_seconds: Latency = Family::new_with_constructor(latency);
         r.register(
@@ -205,6 +236,8 @@ impl Metrics {
         Metrics {
             registry: r,
             requests,
+            rejected,
+            removed,
             upstream_seconds,
             active_connections,
             tls_handshake_failures,
@@ -223,6 +256,15 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts `n` removed request parts of a kind (nothing when `n` is 0).
+    pub fn count_removed(&self, kind: &'static str, n: usize) {
+        if n > 0 {
+            self.removed
+                .get_or_create(&KindLabel { kind })
+                .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+        }
     }
 
     pub fn count_request(&self, route: &str, status: u16) {

@@ -72,13 +72,16 @@ fn classify(route: &Route, e: hyper_util::client::legacy::Error) -> ProxyError {
     if e.is_connect() {
         return ProxyError::UpstreamConnect(e.into());
     }
-    // The request body hit the route's cap while streaming.
+    // The request body hit the route's cap, or failed, while streaming: the client's.
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = source {
         if s.is::<http_body_util::LengthLimitError>() {
             return ProxyError::BodyTooLarge {
                 limit: route.max_request_body,
             };
+        }
+        if s.is::<ClientBodyError>() {
+            return ProxyError::BadRequest("the request body could not be read");
         }
         source = s.source();
     }
@@ -101,11 +104,22 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Whether an HTTP/1.1 request asks to switch protocols (WebSocket and the like).
-pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && connection_has(req.headers(), "upgrade")
+/// The protocol an HTTP/1.1 request asks to switch to (WebSocket and the like), if the
+/// route relays it. Any other `Upgrade` (`h2c` above all: an accepted one would be a raw
+/// tunnel in which nothing is filtered) is not an upgrade request: its `Upgrade` header is
+/// removed and the request forwarded as a plain one.
+pub fn requested_upgrade<B>(req: &Request<B>, allowed: &[String]) -> Option<String> {
+    if req.version() != Version::HTTP_11 || !connection_has(req.headers(), "upgrade") {
+        return None;
+    }
+    let mut values = req.headers().get_all(header::UPGRADE).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let protocol = v.to_str().ok()?.trim().to_ascii_lowercase();
+    // One protocol only, optionally versioned (`websocket`, `foo/2`).
+    let base = protocol.split('/').next().unwrap_or_default();
+    (!protocol.contains(',') && allowed.iter().any(|a| a == base)).then_some(protocol)
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -146,69 +160,97 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Turns a downstream request into the one sent to the app.
+/// The client's body failed while streaming (reset, malformed chunk): the client's fault.
+#[derive(Debug)]
+pub struct ClientBodyError(pub BoxError);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the client's request body failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// The client's body, capped at the route's limit, with its errors marked as the
+/// client's.
+pub fn client_body(route: &Route, body: Incoming) -> Body {
+    let limit = usize::try_from(route.max_request_body).unwrap_or(usize::MAX);
+    Limited::new(
+        body.map_err(|e| BoxError::from(ClientBodyError(e.into()))),
+        limit,
+    )
+    .boxed()
+}
+
+/// A request declares a body larger than the route accepts.
+pub fn check_declared_length(route: &Route, headers: &HeaderMap) -> Result<(), ProxyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(len) if len > route.max_request_body => Err(ProxyError::BodyTooLarge {
+            limit: route.max_request_body,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// What the request to the app is made of.
+pub struct Outgoing<'a> {
+    /// The canonical path and query, before the upstream's base path.
+    pub path_and_query: &'a str,
+    /// The canonical host, for `Host` (with `preserve_host`) and `X-Forwarded-Host`.
+    pub host: Option<&'a crate::canon::Host>,
+    /// The upgrade protocol relayed, if any.
+    pub upgrade: Option<&'a str>,
+    /// The request carried a body (a `Content-Length` or `Transfer-Encoding`).
+    pub has_body: bool,
+}
+
+/// Turns a downstream request head into the one sent to the app: canonical target,
+/// Host and framing, hop-by-hop headers removed, X-Forwarded-* set.
 pub fn prepare_request(
     route: &Route,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut parts: http::request::Parts,
+    body: Body,
+    out: &Outgoing<'_>,
 ) -> Result<Request<Body>, ProxyError> {
-    let upgrade = is_upgrade_request(&req);
-    let (mut parts, body) = req.into_parts();
-
-    if let Some(len) = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > route.max_request_body {
-            return Err(ProxyError::BodyTooLarge {
-                limit: route.max_request_body,
-            });
-        }
-    }
-
-    let original_host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
-
-    parts.uri = upstream_uri(route, &parts.uri)?;
+    parts.uri = upstream_uri(route, out.path_and_query)?;
     // The pool speaks HTTP/1.1 to the app whatever the client spoke to us.
     parts.version = Version::HTTP_11;
 
     let h = &mut parts.headers;
-    strip_hop_by_hop(h, upgrade);
-    let host_value = match (&original_host, route.preserve_host) {
-        (Some(host), true) => {
-            HeaderValue::from_str(host).map_err(|_| ProxyError::BadRequest("invalid Host"))?
-        }
+    strip_hop_by_hop(h, out.upgrade.is_some());
+    if out.upgrade.is_none() {
+        h.remove(header::UPGRADE);
+    }
+    let host_value = match (out.host, route.preserve_host) {
+        (Some(host), true) => HeaderValue::from_str(&host.header)
+            .map_err(|_| ProxyError::BadRequest("invalid Host"))?,
         _ => HeaderValue::from_str(route.upstream.authority.as_str())
             .map_err(|_| ProxyError::Internal("upstream authority is not a header value".into()))?,
     };
     h.insert(header::HOST, host_value);
-    set_forwarded(h, route.forwarded, conn, original_host.as_deref());
-
-    let limit = usize::try_from(route.max_request_body).unwrap_or(usize::MAX);
-    let body = Limited::new(body, limit).map_err(BoxError::from).boxed();
+    set_forwarded(h, route.forwarded, conn, out.host.map(|h| h.header.as_str()));
+    // Framing in canonical form only: a length in plain decimal (never `0005`), or none
+    // and chunked.
+    h.remove(header::CONTENT_LENGTH);
+    if out.has_body {
+        if let Some(n) = http_body::Body::size_hint(&body).exact() {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
     Ok(Request::from_parts(parts, body))
 }
 
-fn upstream_uri(route: &Route, original: &Uri) -> Result<Uri, ProxyError> {
-    let pq = original.path_and_query().map_or("/", |pq| pq.as_str());
-    if !pq.starts_with('/') {
-        // `OPTIONS *` and CONNECT's authority-form have no place behind a reverse proxy.
-        return Err(ProxyError::BadRequest(
-            "request target must be an absolute path",
-        ));
-    }
+fn upstream_uri(route: &Route, pq: &str) -> Result<Uri, ProxyError> {
     let up = &route.upstream;
     Uri::builder()
         .scheme(up.scheme.clone())

@@ -9,11 +9,11 @@
 //! paths of their own.
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::Uri;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::cookies::SetCookie;
+use crate::names::NameGuard;
 
 /// One app cookie held for a session. Times are Unix milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,7 +34,7 @@ pub enum VaultChange {
 /// response, returning what they change in the vault.
 pub fn capture(
     headers: &mut HeaderMap,
-    vaulted: &[String],
+    vaulted: &NameGuard,
     proxy_cookie: &str,
     request_path: &str,
     now_ms: u64,
@@ -59,7 +59,7 @@ pub fn capture(
             warn!("the app tried to set sessiongate's own cookie; dropped");
             continue;
         }
-        if !vaulted.iter().any(|v| v.as_bytes() == c.name) {
+        if !vaulted.matches(c.name) {
             passed.push(line);
             continue;
         }
@@ -104,7 +104,8 @@ fn change_for(c: &SetCookie<'_>, request_path: &str, now_ms: u64) -> Option<Vaul
         });
     let expires_at = match (max_age, expires) {
         (Some(secs), _) if secs <= 0 => return Some(VaultChange::Remove { name, path }),
-        (Some(secs), _) => Some(now_ms.saturating_add(secs as u64 * 1000)),
+        // An app-supplied Max-Age can be anything: saturate, never overflow.
+        (Some(secs), _) => Some(now_ms.saturating_add(u64::try_from(secs).unwrap_or(0).saturating_mul(1000))),
         (None, Some(at)) if at <= now_ms => return Some(VaultChange::Remove { name, path }),
         (None, at) => at,
     };
@@ -162,89 +163,42 @@ pub fn pairs_for<'a>(vault: &'a [VaultCookie], request_path: &str, now_ms: u64) 
         .collect()
 }
 
-/// Removes vaulted names from `;name=value` path parameters and from the query string.
-/// Returns the new URI when something was removed. Names compare case-insensitively
-/// (`JSESSIONID` is written `jsessionid` in URLs).
-pub fn strip_url_ids(uri: &Uri, vaulted: &[String]) -> Option<Uri> {
-    if vaulted.is_empty() {
-        return None;
-    }
-    let is_vaulted = |name: &str| {
-        let decoded = percent_decode(name);
-        vaulted.iter().any(|v| v.eq_ignore_ascii_case(&decoded))
-    };
-    let path = uri.path();
-    let mut changed = false;
-    let new_path = if path.contains(';') {
-        let segments: Vec<String> = path
-            .split('/')
-            .map(|seg| {
-                let mut parts = seg.split(';');
-                let head = parts.next().unwrap_or_default().to_owned();
-                let params: Vec<&str> = parts
-                    .filter(|p| {
-                        let keep = !is_vaulted(p.split('=').next().unwrap_or_default());
-                        changed |= !keep;
-                        keep
-                    })
-                    .collect();
-                std::iter::once(head.as_str())
-                    .chain(params)
-                    .collect::<Vec<_>>()
-                    .join(";")
-            })
-            .collect();
-        segments.join("/")
-    } else {
-        path.to_owned()
-    };
-    let new_query = uri.query().map(|q| {
-        q.split('&')
-            .filter(|kv| {
-                let keep = !is_vaulted(kv.split('=').next().unwrap_or_default());
-                changed |= !keep;
-                keep
-            })
-            .collect::<Vec<_>>()
-            .join("&")
-    });
-    if !changed {
-        return None;
-    }
-    let pq = match new_query {
-        Some(q) if !q.is_empty() => format!("{new_path}?{q}"),
-        _ => new_path,
-    };
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = pq.parse().ok();
-    Uri::from_parts(parts).ok()
-}
-
-/// Removes fields named like a vaulted cookie from an `x-www-form-urlencoded` body,
-/// keeping every other field byte for byte. Returns the new body when something was
+/// Removes every field whose name reads as a protected name from a query string or an
+/// `x-www-form-urlencoded` body, keeping every other field byte for byte. Both `&` and
+/// `;` separate fields (PHP's `arg_separator.input`, older Python): a field hidden
+/// behind a `;` is found whichever the app uses. Returns the new bytes when something was
 /// removed.
-pub fn strip_form_ids(body: &[u8], vaulted: &[String]) -> Option<Vec<u8>> {
+pub fn strip_fields(s: &[u8], protected: &NameGuard) -> Option<Vec<u8>> {
+    if protected.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len());
     let mut changed = false;
-    let kept: Vec<&[u8]> = body
-        .split(|&b| b == b'&')
-        .filter(|field| {
-            let name = field.split(|&b| b == b'=').next().unwrap_or_default();
-            let vaulted_name = std::str::from_utf8(name).is_ok_and(|n| {
-                vaulted
-                    .iter()
-                    .any(|v| v.eq_ignore_ascii_case(&percent_decode(n)))
-            });
-            changed |= vaulted_name;
-            !vaulted_name
-        })
-        .collect();
-    changed.then(|| kept.join(&b'&'))
+    // The separator after the last kept field: it joins that field to the next kept one.
+    let mut pending: Option<Option<u8>> = None;
+    for piece in s.split_inclusive(|&b| b == b'&' || b == b';') {
+        let (field, sep) = match piece.split_last() {
+            Some((&b, field)) if b == b'&' || b == b';' => (field, Some(b)),
+            _ => (piece, None),
+        };
+        let name = field.split(|&b| b == b'=').next().unwrap_or_default();
+        if protected.matches(name) {
+            changed = true;
+            continue;
+        }
+        if let Some(Some(sep)) = pending {
+            out.push(sep);
+        }
+        out.extend_from_slice(field);
+        pending = Some(sep);
+    }
+    changed.then_some(out)
 }
 
-fn percent_decode(s: &str) -> String {
-    form_urlencoded::parse(s.as_bytes())
-        .next()
-        .map_or_else(String::new, |(k, _)| k.into_owned())
+/// Whether a `;param` (`name=value`) of a path segment names a protected name.
+pub fn is_protected_param(param: &str, protected: &NameGuard) -> bool {
+    let name = param.split('=').next().unwrap_or_default();
+    protected.matches(name.as_bytes())
 }
 
 #[cfg(test)]
@@ -253,8 +207,12 @@ mod tests {
 
     const NOW: u64 = 1_000_000;
 
-    fn vaulted() -> Vec<String> {
-        vec!["PHPSESSID".into(), "JSESSIONID".into()]
+    fn vaulted() -> NameGuard {
+        guard()
+    }
+
+    fn guard() -> NameGuard {
+        NameGuard::new(["PHPSESSID", "JSESSIONID"])
     }
 
     #[test]
@@ -346,25 +304,27 @@ mod tests {
     }
 
     #[test]
-    fn form_session_ids_are_stripped() {
-        let out = strip_form_ids(
-            b"PHPSESSID=evil&username=alice&phpsessid=x&password=p%26w",
-            &vaulted(),
+    fn fields_are_stripped_under_every_reading() {
+        let g = guard();
+        let strip = |s: &str| strip_fields(s.as_bytes(), &g).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(
+            strip("PHPSESSID=evil&username=alice&phpsessid=x&password=p%26w").as_deref(),
+            Some("username=alice&password=p%26w")
         );
-        assert_eq!(out.as_deref(), Some(&b"username=alice&password=p%26w"[..]));
-        assert_eq!(strip_form_ids(b"username=alice", &vaulted()), None);
+        assert_eq!(strip("a=1;PHPSESSID=X;b=2").as_deref(), Some("a=1;b=2"));
+        assert_eq!(strip("%20PHPSESSID=X&a=1").as_deref(), Some("a=1"));
+        assert_eq!(strip("a=1&+PHPSESSID=X").as_deref(), Some("a=1"));
+        assert_eq!(strip("a=1&PHPSESSID%00junk=X&b").as_deref(), Some("a=1&b"));
+        assert_eq!(strip("PHPSESSID[x]=1").as_deref(), Some(""));
+        assert_eq!(strip("username=alice"), None);
+        assert_eq!(strip("a=1&&b=2"), None);
     }
 
     #[test]
-    fn url_session_ids_are_stripped() {
-        let uri: Uri = "/shop;jsessionid=EVIL/cart;v=1?a=1&PHPSESSID=evil&b=2"
-            .parse()
-            .unwrap();
-        let out = strip_url_ids(&uri, &vaulted()).unwrap();
-        assert_eq!(out.to_string(), "/shop/cart;v=1?a=1&b=2");
-        let uri: Uri = "/x?PHP%53ESSID=evil".parse().unwrap();
-        assert_eq!(strip_url_ids(&uri, &vaulted()).unwrap().to_string(), "/x");
-        let uri: Uri = "/plain?q=1".parse().unwrap();
-        assert!(strip_url_ids(&uri, &vaulted()).is_none());
+    fn path_params() {
+        let g = guard();
+        assert!(is_protected_param("jsessionid=EVIL", &g));
+        assert!(is_protected_param("JSESSIONID", &g));
+        assert!(!is_protected_param("v=1", &g));
     }
 }

@@ -235,6 +235,23 @@ pub struct RawRoute {
     pub body_idle_timeout: Duration,
     #[serde(default)]
     pub cookies: RawCookiePolicy,
+    /// Protocol upgrades the route relays (`Upgrade` tokens, compared case-insensitively);
+    /// any other `Upgrade` (such as `h2c`, which would open an unfiltered tunnel) is
+    /// removed and the request forwarded as a plain one.
+    #[serde(default = "defaults::upgrades")]
+    pub upgrades: Vec<MethodName>,
+    /// `TRACE` and `TRACK` echo the request, injected vault cookies included: 405 unless
+    /// allowed here.
+    #[serde(default)]
+    pub allow_trace: bool,
+    /// Forward request header names containing `_` (dropped by default, as nginx does:
+    /// CGI and WSGI servers read `X_Forwarded_For` as `X-Forwarded-For`).
+    #[serde(default)]
+    pub forward_underscore_headers: bool,
+    /// Forward `;params` of path segments (other than vaulted names, always removed).
+    /// Off by default: the app then receives exactly the path that was routed and matched.
+    #[serde(default)]
+    pub keep_path_params: bool,
     /// Session protection for this route; without it the route is a plain proxy (the
     /// proxy's own cookie is still never forwarded).
     pub session: Option<RawRouteSession>,
@@ -256,6 +273,14 @@ pub struct RawRouteSession {
     /// always fail closed.
     #[serde(default)]
     pub on_store_failure: StoreFailurePolicy,
+    /// Field names that make any request carrying them (in the query string, or in an
+    /// urlencoded, multipart or JSON body, also as a nested name such as
+    /// `user[password]`) a login attempt, whatever its path and method.
+    #[serde(default = "defaults::credential_fields")]
+    pub credential_fields: Vec<CookieName>,
+    /// What to do with a `multipart/form-data` part named like a vaulted cookie.
+    #[serde(default)]
+    pub multipart_session_ids: MultipartPolicy,
     #[serde(default)]
     pub login: Vec<RawRule>,
     #[serde(default)]
@@ -267,7 +292,8 @@ pub struct RawRouteSession {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
-    /// Methods the rule applies to (default: POST for login, any for logout).
+    /// Methods the rule applies to (default: any; frameworks route HEAD, PUT, custom
+    /// methods and GET with credentials in the query to the same handler).
     #[serde(default)]
     pub methods: Vec<MethodName>,
     /// Exactly one of `path`, `path_prefix`, `path_regex`.
@@ -288,6 +314,31 @@ pub struct RawRule {
     /// Logout rules: also send `Clear-Site-Data: "cookies"`.
     #[serde(default)]
     pub clear_site_data: bool,
+    /// Login rules: a login attempt whose response is neither a success nor a failure
+    /// still gets a new ID (`rotate`, the default; the session is not marked signed in),
+    /// or keeps its ID (`keep`).
+    #[serde(default)]
+    pub undecided: Undecided,
+}
+
+/// What an undecided login attempt does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Undecided {
+    #[default]
+    Rotate,
+    Keep,
+}
+
+/// What happens to a multipart part named like a vaulted cookie.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MultipartPolicy {
+    /// The part is removed and the body forwarded without it.
+    #[default]
+    Remove,
+    /// The request gets a 400.
+    Reject,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -633,6 +684,15 @@ mod defaults {
     }
     pub fn sweep_interval() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn upgrades() -> Vec<MethodName> {
+        vec![MethodName("websocket".to_owned())]
+    }
+    pub fn credential_fields() -> Vec<CookieName> {
+        ["password", "passwd", "pwd", "j_password"]
+            .into_iter()
+            .map(|f| CookieName(f.to_owned()))
+            .collect()
     }
     pub fn body_peek() -> ByteSize {
         ByteSize::kib(64)

@@ -18,9 +18,10 @@ use std::time::Duration;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 
-pub use file::{ForwardedMode, SameSite, StoreFailurePolicy};
+pub use file::{ForwardedMode, MultipartPolicy, SameSite, StoreFailurePolicy, Undecided};
 use file::{RawConfig, RawCriteria, RawRoute, RawRule};
 
+use crate::names::NameGuard;
 use crate::rules::{Criterion, PathMatch, Rule, SubjectSource};
 
 /// hyper refuses (panics on) a read buffer smaller than this, so config must too.
@@ -90,9 +91,13 @@ impl StoreConfig {
 /// A route's session protection, compiled.
 #[derive(Debug)]
 pub struct RouteSession {
-    pub vault: Vec<String>,
+    /// The app's session cookies, under every reading a stack applies.
+    pub vault: NameGuard,
     pub strip_request_session_ids: bool,
     pub on_store_failure: StoreFailurePolicy,
+    /// Field names that make a request a login attempt.
+    pub credential_fields: NameGuard,
+    pub multipart_session_ids: MultipartPolicy,
     pub login: Vec<Rule>,
     pub logout: Vec<Rule>,
 }
@@ -162,6 +167,15 @@ pub struct Route {
     pub response_timeout: Duration,
     pub body_idle_timeout: Duration,
     pub cookies: CookiePolicy,
+    /// Upgrade protocols relayed, lower-cased.
+    pub upgrades: Vec<String>,
+    pub allow_trace: bool,
+    pub forward_underscore_headers: bool,
+    pub keep_path_params: bool,
+    /// Cookie and parameter names no client may send on this route: its own vault and the
+    /// vault of every session route in front of the same upstream (a plain route to the
+    /// same app must not become a way around the vault).
+    pub protected: NameGuard,
     pub session: Option<RouteSession>,
 }
 
@@ -317,7 +331,7 @@ impl Config {
                     let _ = writeln!(
                         out,
                         "    session: vault {:?}, strip request session IDs: {}, {} login rule(s), {} logout rule(s)",
-                        rs.vault,
+                        rs.vault.names(),
                         rs.strip_request_session_ids,
                         rs.login.len(),
                         rs.logout.len()
@@ -716,12 +730,12 @@ fn validate_route_session(
     let mut vault: Vec<String> = r.vault.iter().map(|c| c.0.clone()).collect();
     vault.sort();
     vault.dedup();
-    if vault.contains(&session.cookie_name) {
+    if NameGuard::new(&vault).matches(session.cookie_name.as_bytes()) {
         p.add(
             format!("{route_key}.session.vault"),
             None,
             format!(
-                "{:?} is sessiongate's own cookie (session.cookie_name); it cannot be vaulted",
+                "{:?} reads as sessiongate's own cookie (session.cookie_name); it cannot be vaulted",
                 session.cookie_name
             ),
         );
@@ -738,9 +752,11 @@ fn validate_route_session(
     let login = compile_all(&r.login, "login");
     let logout = compile_all(&r.logout, "logout");
     RouteSession {
-        vault,
+        vault: NameGuard::new(&vault),
         strip_request_session_ids: r.strip_request_session_ids,
         on_store_failure: r.on_store_failure,
+        credential_fields: NameGuard::new(r.credential_fields.iter().map(|f| &f.0)),
+        multipart_session_ids: r.multipart_session_ids,
         login,
         logout,
     }
@@ -748,16 +764,25 @@ fn validate_route_session(
 
 fn compile_rule(r: &RawRule, kind: &str, key: &str, p: &mut Problems) -> Option<Rule> {
     let paths = [
-        r.path
-            .as_ref()
-            .map(|s| (s.span(), PathMatch::Exact(s.get_ref().0.clone()))),
+        r.path.as_ref().map(|s| {
+            (
+                s.span(),
+                PathMatch::Exact(crate::canon::rule_path(&s.get_ref().0)),
+            )
+        }),
         r.path_prefix
             .as_ref()
-            .map(|s| (s.span(), PathMatch::Prefix(s.get_ref().0.clone()))),
+            .map(|s| (s.span(), PathMatch::Prefix(s.get_ref().0.to_lowercase()))),
         r.path_regex.as_ref().and_then(|s| {
+            // Case-insensitive, like the other two: frameworks route `/Login` too.
             Some((
                 s.span(),
-                PathMatch::Regex(regex::Regex::new(&s.get_ref().0).ok()?),
+                PathMatch::Regex(
+                    regex::RegexBuilder::new(&s.get_ref().0)
+                        .case_insensitive(true)
+                        .build()
+                        .ok()?,
+                ),
             ))
         }),
     ];
@@ -797,14 +822,11 @@ fn compile_rule(r: &RawRule, kind: &str, key: &str, p: &mut Problems) -> Option<
             }
         },
     };
-    let methods = if r.methods.is_empty() && kind == "login" {
-        vec![http::Method::POST]
-    } else {
-        r.methods
-            .iter()
-            .filter_map(|m| http::Method::from_bytes(m.0.as_bytes()).ok())
-            .collect()
-    };
+    let methods = r
+        .methods
+        .iter()
+        .filter_map(|m| http::Method::from_bytes(m.0.as_bytes()).ok())
+        .collect();
     Some(Rule {
         methods,
         path,
@@ -813,6 +835,7 @@ fn compile_rule(r: &RawRule, kind: &str, key: &str, p: &mut Problems) -> Option<
         body_peek: usize::try_from(r.body_peek.as_u64()).unwrap_or(usize::MAX),
         subject,
         clear_site_data: r.clear_site_data,
+        undecided: r.undecided,
     })
 }
 
@@ -866,7 +889,7 @@ fn validate_routes(raw: &[RawRoute], session: &SessionConfig, p: &mut Problems) 
             "no routes: add at least one [[routes]] table with an upstream, e.g. upstream = \"http://127.0.0.1:8000\"",
         );
     }
-    let mut routes: Vec<Arc<Route>> = Vec::new();
+    let mut routes: Vec<Route> = Vec::new();
     let mut seen: Vec<(Option<String>, String, usize)> = Vec::new();
     for (i, r) in raw.iter().enumerate() {
         let key = |field: &str| format!("routes[{i}].{field}");
@@ -917,7 +940,7 @@ fn validate_routes(raw: &[RawRoute], session: &SessionConfig, p: &mut Problems) 
             .collect();
         script_readable.sort();
         script_readable.dedup();
-        routes.push(Arc::new(Route {
+        routes.push(Route {
             name: r
                 .name
                 .as_ref()
@@ -935,10 +958,39 @@ fn validate_routes(raw: &[RawRoute], session: &SessionConfig, p: &mut Problems) 
                 strip_domain: r.cookies.strip_domain,
                 script_readable,
             },
+            upgrades: r.upgrades.iter().map(|u| u.0.to_ascii_lowercase()).collect(),
+            allow_trace: r.allow_trace,
+            forward_underscore_headers: r.forward_underscore_headers,
+            keep_path_params: r.keep_path_params,
+            protected: NameGuard::default(),
             session: route_session,
-        }));
+        });
     }
-    routes
+    protect_shared_upstreams(&mut routes);
+    routes.into_iter().map(Arc::new).collect()
+}
+
+/// Every route gets, as its protected names, the vault of every session route in front of
+/// the same upstream (scheme and authority), its own included.
+fn protect_shared_upstreams(routes: &mut [Route]) {
+    let same_app = |a: &Upstream, b: &Upstream| {
+        a.scheme == b.scheme && a.authority.as_str().eq_ignore_ascii_case(b.authority.as_str())
+    };
+    let shared: Vec<NameGuard> = routes
+        .iter()
+        .map(|r| {
+            let names: Vec<String> = routes
+                .iter()
+                .filter(|o| same_app(&o.upstream, &r.upstream))
+                .filter_map(|o| o.session.as_ref())
+                .flat_map(|s| s.vault.names().iter().cloned())
+                .collect();
+            NameGuard::new(names)
+        })
+        .collect();
+    for (route, guard) in routes.iter_mut().zip(shared) {
+        route.protected = guard;
+    }
 }
 
 fn parse_upstream(s: &str) -> Option<Upstream> {

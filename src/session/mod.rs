@@ -16,6 +16,8 @@ use base64::Engine;
 use http::header::{self, HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 
+use crate::names::NameGuard;
+
 pub use ids::{ChaChaIds, IdSource};
 
 pub const ID_BYTES: usize = 32;
@@ -94,8 +96,9 @@ impl fmt::Debug for SessionKey {
 }
 
 /// What the request said about sessiongate's cookie.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Presented {
+    #[default]
     Absent,
     Valid(SessionId),
     /// Wrong length or alphabet.
@@ -105,16 +108,31 @@ pub enum Presented {
     Ambiguous,
 }
 
+/// The request's Cookie headers, read strictly.
+#[derive(Debug, Default)]
+pub struct RequestCookies<'a> {
+    /// sessiongate's own cookie.
+    pub presented: Presented,
+    /// The pairs the app may see, in order.
+    pub kept: Vec<&'a [u8]>,
+    /// Pairs that are not an RFC 6265 `token=cookie-octets` pair, dropped.
+    pub malformed: usize,
+    /// Pairs whose name reads as a protected (vaulted) name, dropped.
+    pub protected: usize,
+}
+
 /// Splits the request's Cookie headers: sessiongate's cookie is taken out and
-/// validated, vaulted names (which only the vault may supply) are dropped, and the rest
-/// is kept for the app in order.
+/// validated, every pair whose name reads as a protected name (under any reading in
+/// [`crate::names`]) is dropped, and so is every pair that is not a strict RFC 6265
+/// pair (a token name, not starting with `$`, and cookie-octets, optionally quoted):
+/// parsers disagree on exactly those (splitting at spaces or commas, unbalanced quotes,
+/// `$Version` switching to RFC 2109). The rest is kept for the app, in order.
 pub fn split_request_cookies<'a>(
     headers: &'a HeaderMap,
     proxy_name: &str,
-    vaulted: &[String],
-) -> (Presented, Vec<&'a [u8]>) {
-    let mut presented = Presented::Absent;
-    let mut kept = Vec::new();
+    protected: &NameGuard,
+) -> RequestCookies<'a> {
+    let mut out = RequestCookies::default();
     // HTTP/2 may split cookies over several headers.
     for value in headers.get_all(header::COOKIE) {
         for pair in value.as_bytes().split(|&b| b == b';') {
@@ -122,39 +140,77 @@ pub fn split_request_cookies<'a>(
             if pair.is_empty() {
                 continue;
             }
-            let (name, val) = match pair.iter().position(|&b| b == b'=') {
-                Some(i) => (trim(&pair[..i]), trim(&pair[i + 1..])),
-                None => (&pair[..0], pair),
+            let Some((name, val)) = strict_pair(pair) else {
+                out.malformed += 1;
+                continue;
             };
             if name == proxy_name.as_bytes() {
                 let this = SessionId::parse(val).map_or(Presented::Malformed, Presented::Valid);
-                presented = match (presented, this) {
+                out.presented = match (std::mem::take(&mut out.presented), this) {
                     (Presented::Absent, this) => this,
                     (prev, this) if prev == this => prev,
                     _ => Presented::Ambiguous,
                 };
-            } else if !vaulted.iter().any(|v| v.as_bytes() == name) {
-                kept.push(pair);
+            } else if protected.matches(name) || name.eq_ignore_ascii_case(proxy_name.as_bytes()) {
+                out.protected += 1;
+            } else {
+                out.kept.push(pair);
             }
         }
     }
-    (presented, kept)
+    out
+}
+
+/// `name=value` with a token name and cookie-octets (RFC 6265 4.1.1) as the value.
+fn strict_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = pair.iter().position(|&b| b == b'=')?;
+    let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+    if name.is_empty() || name[0] == b'$' || !name.iter().all(|&b| is_tchar(b)) {
+        return None;
+    }
+    let inner = match value {
+        [b'"', inner @ .., b'"'] => inner,
+        v => v,
+    };
+    inner.iter().all(|&b| is_cookie_octet(b)).then_some((name, value))
+}
+
+/// RFC 9110 tchar.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// RFC 6265 cookie-octet: no controls, space, `"`, `,`, `;` or `\\`.
+fn is_cookie_octet(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e)
 }
 
 /// Removes sessiongate's cookie from the request's Cookie headers (routes without
-/// session protection still never forward it). Leaves the headers alone when it is
-/// not there, the common case.
+/// session protection still never forward it), leaving every other pair as sent. Leaves
+/// the headers alone when it is not there, the common case.
 pub fn strip_proxy_cookie(headers: &mut HeaderMap, proxy_name: &str) {
     let present = headers.get_all(header::COOKIE).iter().any(|v| {
         v.as_bytes()
             .windows(proxy_name.len())
-            .any(|w| w == proxy_name.as_bytes())
+            .any(|w| w.eq_ignore_ascii_case(proxy_name.as_bytes()))
     });
-    if present {
-        let (_, kept) = split_request_cookies(headers, proxy_name, &[]);
-        let joined = join_pairs(kept.iter().copied());
-        set_cookie_header(headers, joined);
+    if !present {
+        return;
     }
+    let kept: Vec<Vec<u8>> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .map(trim)
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let name = trim(p.split(|&b| b == b'=').next().unwrap_or_default());
+            !name.eq_ignore_ascii_case(proxy_name.as_bytes())
+        })
+        .map(<[u8]>::to_vec)
+        .collect();
+    let joined = join_pairs(kept.iter().map(Vec::as_slice));
+    set_cookie_request_header(headers, joined);
 }
 
 /// Joins cookie pairs into one Cookie header value.
@@ -170,7 +226,7 @@ pub fn join_pairs<'a>(pairs: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
 }
 
 /// Replaces the Cookie headers with one value (or none when empty).
-pub fn set_cookie_header(headers: &mut HeaderMap, value: Vec<u8>) {
+pub fn set_cookie_request_header(headers: &mut HeaderMap, value: Vec<u8>) {
     headers.remove(header::COOKIE);
     if value.is_empty() {
         return;
@@ -245,6 +301,22 @@ mod tests {
         assert!(shown.contains(&i.key().to_string()));
     }
 
+    fn guard() -> NameGuard {
+        NameGuard::new(["PHPSESSID", "my_sid"])
+    }
+
+    fn split(line: &str) -> (Presented, Vec<String>, usize, usize) {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_bytes(line.as_bytes()).unwrap());
+        let s = split_request_cookies(&h, "sg", &guard());
+        let kept = s
+            .kept
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        (s.presented, kept, s.malformed, s.protected)
+    }
+
     #[test]
     fn split_takes_out_proxy_and_vaulted_cookies() {
         let v = id(1).cookie_value();
@@ -254,18 +326,42 @@ mod tests {
             format!("a=1; sg={v}; PHPSESSID=evil").parse().unwrap(),
         );
         h.append(header::COOKIE, "b=2".parse().unwrap());
-        let (p, kept) = split_request_cookies(&h, "sg", &["PHPSESSID".into()]);
-        assert_eq!(p, Presented::Valid(id(1)));
-        assert_eq!(kept, vec![&b"a=1"[..], b"b=2"]);
+        let s = split_request_cookies(&h, "sg", &guard());
+        assert_eq!(s.presented, Presented::Valid(id(1)));
+        assert_eq!(s.kept, vec![&b"a=1"[..], b"b=2"]);
+        assert_eq!(s.protected, 1);
+    }
+
+    #[test]
+    fn every_spelling_of_a_vaulted_name_is_dropped() {
+        for line in [
+            "my.sid=X",
+            "my%2Esid=X",
+            "phpsessid=X",
+            "PHP%53ESSID=X",
+            "PHPSESSID%5Bx%5D=1",
+            "SG=x",
+        ] {
+            let (_, kept, _, protected) = split(line);
+            assert!(kept.is_empty(), "{line}: kept {kept:?}");
+            assert_eq!(protected, 1, "{line}");
+        }
+    }
+
+    #[test]
+    fn only_strict_pairs_are_kept() {
+        let (_, kept, malformed, _) = split(
+            "a=1; $Version=1; b=\"q\"; c=x y; d=\"unbalanced; e=1,f=2; noequals; g=ok; my[sid=1; h=\"x\"y\"",
+        );
+        assert_eq!(kept, vec!["a=1", "b=\"q\"", "g=ok"]);
+        assert_eq!(malformed, 7);
     }
 
     #[test]
     fn conflicting_proxy_cookies_are_ambiguous() {
-        let mut h = HeaderMap::new();
         let line = format!("sg={}; sg={}", id(1).cookie_value(), id(2).cookie_value());
-        h.insert(header::COOKIE, line.parse().unwrap());
-        assert_eq!(split_request_cookies(&h, "sg", &[]).0, Presented::Ambiguous);
-        h.insert(header::COOKIE, "sg=short".parse().unwrap());
-        assert_eq!(split_request_cookies(&h, "sg", &[]).0, Presented::Malformed);
+        assert_eq!(split(&line).0, Presented::Ambiguous);
+        assert_eq!(split("sg=short").0, Presented::Malformed);
+        assert_eq!(split("a=1").0, Presented::Absent);
     }
 }

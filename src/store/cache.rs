@@ -156,6 +156,11 @@ impl SessionStore for CachedStore {
         (e.at.elapsed() < self.stale_for).then(|| e.lookup.clone())
     }
 
+    /// Other replicas' caches serve a copy for up to `ttl` after it changed.
+    fn replica_staleness(&self) -> Duration {
+        self.ttl
+    }
+
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
         self.inner.create(key, record).await?;
         self.put(*key, Lookup::Live(record.clone()));

@@ -220,6 +220,14 @@ pub trait SessionStore: Send + Sync + 'static {
         None
     }
 
+    /// How long another replica may keep serving a cached copy of a session after it
+    /// changed here: zero for a store no other process shares. A login waits this long
+    /// after claiming its session, so that no replica serves the pre-login vault while the
+    /// app authenticates it.
+    fn replica_staleness(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// One real round trip to the backing store (readiness checks): never answered from
     /// a cache.
     async fn probe(&self, key: &SessionKey) -> Result<(), StoreError> {

@@ -57,6 +57,16 @@ def whoami():
     return text(user() or "anonymous")
 
 
+@app.get("/sid")
+def sid():
+    return text(g.sid)
+
+
+@app.get("/cookies")
+def cookies():
+    return dict(request.cookies)  # the cookies as Werkzeug parsed them (JSON)
+
+
 @app.post("/login")
 def login():
     name = request.form.get("username", "")

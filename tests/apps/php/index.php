@@ -31,6 +31,12 @@ case 'GET /':
     text(200, 'Hello, ' . ($user ?? 'anonymous') . "\n");
 case 'GET /whoami':
     text(200, $user ?? 'anonymous');
+case 'GET /sid':
+    text(200, session_id() ?: '-');
+case 'GET /cookies':
+    header('Content-Type: application/json');
+    echo json_encode((object) $_COOKIE); // the cookies as PHP parsed them
+    exit;
 case 'GET /login':
     header('Content-Type: text/html; charset=utf-8');
     echo '<!doctype html><title>Log in</title><form method="post" action="/login">'

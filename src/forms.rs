@@ -1,0 +1,337 @@
+//! Request bodies an app may read parameters from: which ones sessiongate reads, how it
+//! finds credential fields in them, and how it removes fields named like a vaulted
+//! cookie.
+//!
+//! A body is read (whole, within `max_request_body`) on a session route when the app
+//! could parse it as a form: `application/x-www-form-urlencoded` under any spelling, a
+//! missing or unparseable `Content-Type` (some frameworks parse such bodies as forms),
+//! `multipart/form-data`, or JSON (credentials only). Every other body streams through
+//! untouched.
+//!
+//! Multipart bodies are parsed with `multer` and *re-encoded* from what it parsed: the app
+//! then reads exactly the parts sessiongate read (no preamble, no duplicate `name=`, no
+//! odd quoting survives), whatever its own multipart parser would have made of the
+//! original.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+
+use crate::config::MultipartPolicy;
+use crate::names::{self, NameGuard};
+
+/// How the app could read a request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyKind {
+    /// Fields separated by `&` or `;`.
+    UrlEncoded,
+    Multipart { boundary: String },
+    Json,
+    /// Not a form: streamed untouched.
+    Opaque,
+}
+
+/// What the request's `Content-Type` makes of its body.
+pub fn body_kind(headers: &HeaderMap) -> BodyKind {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return BodyKind::UrlEncoded;
+    };
+    let Ok(ct) = ct.to_str() else {
+        return BodyKind::UrlEncoded;
+    };
+    let lower = ct.trim().to_ascii_lowercase();
+    // PHP cuts the media type at `;`, `,` or a space; others at `;` only.
+    let essence = lower
+        .split(|c: char| c == ';' || c == ',' || c.is_ascii_whitespace())
+        .next()
+        .unwrap_or_default();
+    if essence.contains("urlencoded") || !essence.contains('/') {
+        return BodyKind::UrlEncoded;
+    }
+    if essence.starts_with("multipart/") {
+        return match multer::parse_boundary(ct) {
+            Ok(boundary) => BodyKind::Multipart { boundary },
+            // Cannot be parsed here: reading it as a form finds nothing, and the app
+            // cannot parse it either; the request is refused in `inspect`.
+            Err(_) => BodyKind::Multipart {
+                boundary: String::new(),
+            },
+        };
+    }
+    if essence.ends_with("/json") || essence.ends_with("+json") {
+        return BodyKind::Json;
+    }
+    BodyKind::Opaque
+}
+
+/// What reading a body found.
+#[derive(Debug, Default)]
+pub struct Inspected {
+    /// The body to forward: the original, or a rewrite without protected fields.
+    pub body: Bytes,
+    /// A field (or nested name) listed in `credential_fields` is present.
+    pub credentials: bool,
+    /// The subject field's value, when asked for.
+    pub subject: Option<String>,
+    /// Fields or parts named like a vaulted cookie that were removed.
+    pub removed: usize,
+    /// For multipart: the new `Content-Type` (same boundary) is unchanged; the length is.
+    pub rewritten: bool,
+}
+
+/// What to look for and remove.
+pub struct Inspect<'a> {
+    pub protected: &'a NameGuard,
+    pub strip: bool,
+    pub credentials: &'a NameGuard,
+    pub subject_field: Option<&'a str>,
+    pub multipart: MultipartPolicy,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FormError {
+    #[error("the multipart body could not be parsed: {0}")]
+    Multipart(String),
+    #[error("a multipart part is named like a vaulted session cookie")]
+    ProtectedPart,
+    #[error("a multipart part name or file name cannot be re-encoded unambiguously")]
+    Unencodable,
+}
+
+/// Reads a whole body of the given kind.
+pub async fn inspect(kind: &BodyKind, body: Bytes, what: &Inspect<'_>) -> Result<Inspected, FormError> {
+    match kind {
+        BodyKind::Opaque => Ok(Inspected {
+            body,
+            ..Inspected::default()
+        }),
+        BodyKind::UrlEncoded => Ok(urlencoded(body, what)),
+        BodyKind::Json => Ok(json(body, what)),
+        BodyKind::Multipart { boundary } => multipart(body, boundary, what).await,
+    }
+}
+
+/// Whether any `&`/`;`-separated field of a query string or form names a credential.
+pub fn has_credential_field(fields: &[u8], credentials: &NameGuard) -> bool {
+    !credentials.is_empty()
+        && fields
+            .split(|&b| b == b'&' || b == b';')
+            .map(|f| f.split(|&b| b == b'=').next().unwrap_or_default())
+            .any(|name| names::names_field(credentials, name))
+}
+
+fn urlencoded(body: Bytes, what: &Inspect<'_>) -> Inspected {
+    let credentials = has_credential_field(&body, what.credentials);
+    let subject = what
+        .subject_field
+        .and_then(|f| crate::rules::form_field(&body, f));
+    let mut out = Inspected {
+        credentials,
+        subject,
+        ..Inspected::default()
+    };
+    match what
+        .strip
+        .then(|| crate::vault::strip_fields(&body, what.protected))
+        .flatten()
+    {
+        Some(stripped) => {
+            out.removed = 1;
+            out.rewritten = true;
+            out.body = stripped.into();
+        }
+        None => out.body = body,
+    }
+    out
+}
+
+fn json(body: Bytes, what: &Inspect<'_>) -> Inspected {
+    let mut out = Inspected::default();
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v) => {
+            out.credentials = json_has_key(&v, what.credentials);
+            out.subject = what.subject_field.and_then(|f| {
+                v.get(f).and_then(|s| s.as_str()).filter(|s| !s.is_empty()).map(str::to_owned)
+            });
+        }
+        // The app's JSON parser may be more lenient than serde_json: when in doubt, it is
+        // a login attempt (a rotation costs nothing).
+        Err(_) => out.credentials = !what.credentials.is_empty(),
+    }
+    out.body = body;
+    out
+}
+
+fn json_has_key(v: &serde_json::Value, credentials: &NameGuard) -> bool {
+    match v {
+        serde_json::Value::Object(map) => map
+            .iter()
+            .any(|(k, v)| names::names_field(credentials, k.as_bytes()) || json_has_key(v, credentials)),
+        serde_json::Value::Array(items) => items.iter().any(|v| json_has_key(v, credentials)),
+        _ => false,
+    }
+}
+
+async fn multipart(body: Bytes, boundary: &str, what: &Inspect<'_>) -> Result<Inspected, FormError> {
+    if boundary.is_empty() {
+        return Err(FormError::Multipart("no boundary in Content-Type".into()));
+    }
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let mut parts = multer::Multipart::new(stream, boundary);
+    let mut out = Inspected {
+        rewritten: true,
+        ..Inspected::default()
+    };
+    let mut encoded = Vec::new();
+    loop {
+        let field = match parts.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return Err(FormError::Multipart(e.to_string())),
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        if name.is_empty() {
+            return Err(FormError::Multipart("a part without a name".into()));
+        }
+        let file_name = field.file_name().map(str::to_owned);
+        let content_type = field.content_type().map(ToString::to_string);
+        let data = field
+            .bytes()
+            .await
+            .map_err(|e| FormError::Multipart(e.to_string()))?;
+        if what.protected.matches(name.as_bytes()) {
+            match what.multipart {
+                MultipartPolicy::Reject => return Err(FormError::ProtectedPart),
+                MultipartPolicy::Remove => {
+                    out.removed += 1;
+                    continue;
+                }
+            }
+        }
+        if names::names_field(what.credentials, name.as_bytes()) {
+            out.credentials = true;
+        }
+        if file_name.is_none() && what.subject_field == Some(name.as_str()) {
+            out.subject = std::str::from_utf8(&data)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned);
+        }
+        encode_part(&mut encoded, boundary, &name, file_name.as_deref(), content_type.as_deref(), &data)?;
+    }
+    encoded.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    out.body = encoded.into();
+    Ok(out)
+}
+
+fn encodable(s: &str) -> bool {
+    !s.chars().any(|c| c == '"' || c == '\\' || c.is_control())
+}
+
+fn encode_part(
+    out: &mut Vec<u8>,
+    boundary: &str,
+    name: &str,
+    file_name: Option<&str>,
+    content_type: Option<&str>,
+    data: &[u8],
+) -> Result<(), FormError> {
+    if !encodable(name) || !file_name.is_none_or(encodable) || !content_type.is_none_or(encodable) {
+        return Err(FormError::Unencodable);
+    }
+    out.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes());
+    if let Some(f) = file_name {
+        out.extend_from_slice(format!("; filename=\"{f}\"").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    if let Some(ct) = content_type {
+        out.extend_from_slice(format!("Content-Type: {ct}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(ct: Option<&str>) -> BodyKind {
+        let mut h = HeaderMap::new();
+        if let Some(ct) = ct {
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+        }
+        body_kind(&h)
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(kind(None), BodyKind::UrlEncoded);
+        assert_eq!(kind(Some("APPLICATION/X-WWW-FORM-URLENCODED")), BodyKind::UrlEncoded);
+        assert_eq!(kind(Some("application/x-www-form-urlencoded;charset=utf-8")), BodyKind::UrlEncoded);
+        assert_eq!(kind(Some("application/x-www-form-urlencoded , x")), BodyKind::UrlEncoded);
+        assert_eq!(kind(Some("garbage")), BodyKind::UrlEncoded);
+        assert_eq!(kind(Some("application/json")), BodyKind::Json);
+        assert_eq!(kind(Some("application/vnd.api+json")), BodyKind::Json);
+        assert_eq!(kind(Some("image/png")), BodyKind::Opaque);
+        assert_eq!(
+            kind(Some("multipart/form-data; boundary=XyZ")),
+            BodyKind::Multipart { boundary: "XyZ".into() }
+        );
+    }
+
+    fn what<'a>(p: &'a NameGuard, c: &'a NameGuard, policy: MultipartPolicy) -> Inspect<'a> {
+        Inspect {
+            protected: p,
+            strip: true,
+            credentials: c,
+            subject_field: Some("username"),
+            multipart: policy,
+        }
+    }
+
+    #[tokio::test]
+    async fn multipart_is_reencoded_without_protected_parts() {
+        let p = NameGuard::new(["PHPSESSID"]);
+        let c = NameGuard::new(["password"]);
+        let body = "preamble\r\n--b\r\nContent-Disposition: form-data; name=\"PHPSESSID\"\r\n\r\nevil\r\n\
+                    --b\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\nalice\r\n\
+                    --b\r\nContent-Disposition: form-data; name=\"user[password]\"\r\n\r\nx\r\n--b--\r\n";
+        let kind = BodyKind::Multipart { boundary: "b".into() };
+        let out = inspect(&kind, Bytes::from(body), &what(&p, &c, MultipartPolicy::Remove))
+            .await
+            .unwrap();
+        let text = String::from_utf8(out.body.to_vec()).unwrap();
+        assert!(!text.contains("PHPSESSID") && !text.contains("preamble"), "{text}");
+        assert!(text.contains("name=\"username\"\r\n\r\nalice\r\n"), "{text}");
+        assert!(out.credentials);
+        assert_eq!(out.subject.as_deref(), Some("alice"));
+        assert_eq!(out.removed, 1);
+        let err = inspect(&kind, Bytes::from(body), &what(&p, &c, MultipartPolicy::Reject)).await;
+        assert_eq!(err.unwrap_err(), FormError::ProtectedPart);
+    }
+
+    #[tokio::test]
+    async fn json_credentials() {
+        let p = NameGuard::default();
+        let c = NameGuard::new(["password"]);
+        let w = what(&p, &c, MultipartPolicy::Remove);
+        let out = inspect(&BodyKind::Json, Bytes::from(r#"{"user":{"Password":"x"},"username":"bob"}"#), &w)
+            .await
+            .unwrap();
+        assert!(out.credentials);
+        assert_eq!(out.subject.as_deref(), Some("bob"));
+        let out = inspect(&BodyKind::Json, Bytes::from(r#"{"q":1}"#), &w).await.unwrap();
+        assert!(!out.credentials);
+        let out = inspect(&BodyKind::Json, Bytes::from("{password: 1}"), &w).await.unwrap();
+        assert!(out.credentials, "unparseable JSON counts as a login attempt");
+    }
+
+    #[test]
+    fn query_credentials() {
+        let c = NameGuard::new(["password"]);
+        assert!(has_credential_field(b"username=a&password=b", &c));
+        assert!(has_credential_field(b"a=1;PASSWORD=b", &c));
+        assert!(!has_credential_field(b"q=password", &c));
+    }
+}

@@ -1,0 +1,245 @@
+//! Requests in flight per session, so that nothing admitted with a pre-login vault
+//! reaches the app after the login.
+//!
+//! Every request that presents a session ID is *admitted* on that ID before its session is
+//! looked up, and stays admitted until the app's response head arrives. A login on the ID
+//! *closes* it: new requests on it get 409 at once, and the login waits until every
+//! request admitted before it has been answered; requests still unanswered after
+//! `drain` are cancelled (their upstream request is dropped, the client gets 409), so an
+//! attacker holding a request open with a planted ID cannot delay a login for long or
+//! have that request processed after it. The state for an ID exists only while requests
+//! on it are in flight: memory stays bounded by the number of open requests.
+//!
+//! This is per replica. Across replicas the login claim in the store does the same job
+//! (see `rotate::Sessions::claim_login`), within the store cache's staleness.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{watch, Notify};
+
+use crate::session::SessionKey;
+
+#[derive(Default)]
+pub struct InFlight {
+    gates: DashMap<SessionKey, Arc<Gate>>,
+}
+
+struct Gate {
+    state: Mutex<GateState>,
+    /// Wakes a closing login when the count drops.
+    drained: Notify,
+    /// Flipped to `true` to cancel every admitted request.
+    cancel: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct GateState {
+    admitted: usize,
+    closed: bool,
+}
+
+/// A request on a session was refused: a login on it is in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
+
+/// One admitted request. Dropping it (the response head arrived, or the request failed)
+/// releases it.
+pub struct Ticket {
+    key: SessionKey,
+    gate: Arc<Gate>,
+    owner: Arc<InFlight>,
+    cancelled: watch::Receiver<bool>,
+}
+
+impl Ticket {
+    /// Resolves when a login on this session cancels the request.
+    pub async fn cancelled(&mut self) {
+        // An error means the gate is gone, which cannot happen while we hold it.
+        let _ = self.cancelled.wait_for(|c| *c).await;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let now_empty = {
+            let mut st = lock(&self.gate.state);
+            st.admitted = st.admitted.saturating_sub(1);
+            st.admitted == 0
+        };
+        self.gate.drained.notify_waiters();
+        if now_empty {
+            self.owner.forget_if_idle(&self.key, &self.gate);
+        }
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere while counting; the counts stay usable.
+fn lock(m: &Mutex<GateState>) -> std::sync::MutexGuard<'_, GateState> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A closed session: the login holds it until dropped, then the ID may be admitted again
+/// (its requests then find the rotated-away ID in the store).
+pub struct Closing {
+    key: SessionKey,
+    gate: Arc<Gate>,
+    owner: Arc<InFlight>,
+    /// Requests cancelled because they were not answered in time.
+    pub cancelled: usize,
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        // Requests admitted from now on get a fresh gate; tickets of this one (the
+        // login's own among them) keep it, closed, until they let go.
+        self.owner
+            .gates
+            .remove_if(&self.key, |_, g| Arc::ptr_eq(g, &self.gate));
+    }
+}
+
+impl InFlight {
+    /// Admits a request on `key`, unless a login on it is in progress.
+    pub fn admit(self: &Arc<Self>, key: SessionKey) -> Result<Ticket, Closed> {
+        let gate = self
+            .gates
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Gate {
+                    state: Mutex::new(GateState::default()),
+                    drained: Notify::new(),
+                    cancel: watch::Sender::new(false),
+                })
+            })
+            .clone();
+        {
+            let mut st = lock(&gate.state);
+            if st.closed {
+                return Err(Closed);
+            }
+            st.admitted += 1;
+        }
+        Ok(Ticket {
+            key,
+            cancelled: gate.cancel.subscribe(),
+            gate,
+            owner: self.clone(),
+        })
+    }
+
+    /// Closes `key` for a login whose own request holds `own`: refuses new requests,
+    /// waits up to `drain` for the others to be answered, then cancels the rest and waits
+    /// for them to let go. Fails if another login already closed it.
+    pub async fn close(self: &Arc<Self>, own: &Ticket, drain: Duration) -> Result<Closing, Closed> {
+        let gate = own.gate.clone();
+        {
+            let mut st = lock(&gate.state);
+            if st.closed {
+                return Err(Closed);
+            }
+            st.closed = true;
+        }
+        let mut closing = Closing {
+            key: own.key,
+            gate: gate.clone(),
+            owner: self.clone(),
+            cancelled: 0,
+        };
+        let others = || lock(&gate.state).admitted.saturating_sub(1);
+        let wait = async {
+            loop {
+                let notified = gate.drained.notified();
+                if others() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(drain, wait).await.is_err() {
+            // Requests waiting for the app are dropped at once; one still reading its
+            // body finds its session claimed when it is done (`still_current`). The flag
+            // stays set: every ticket of this gate predates the login.
+            closing.cancelled = others();
+            gate.cancel.send_replace(true);
+        }
+        Ok(closing)
+    }
+
+    fn forget_if_idle(&self, key: &SessionKey, gate: &Arc<Gate>) {
+        self.gates.remove_if(key, |_, g| {
+            let st = lock(&g.state);
+            Arc::ptr_eq(g, gate) && st.admitted == 0 && !st.closed
+        });
+    }
+
+    /// Sessions with requests in flight (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.gates.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.gates.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> SessionKey {
+        SessionKey([b; 32])
+    }
+
+    #[tokio::test]
+    async fn login_waits_for_requests_admitted_before_it() {
+        let f = Arc::new(InFlight::default());
+        let login = f.admit(key(1)).unwrap();
+        let other = f.admit(key(1)).unwrap();
+        let f2 = f.clone();
+        let closing = tokio::spawn(async move {
+            let c = f2.close(&login, Duration::from_secs(5)).await.map(|c| c.cancelled);
+            (c, login)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!closing.is_finished(), "the login must wait for the other request");
+        assert_eq!(f.admit(key(1)).err(), Some(Closed), "new requests are refused");
+        assert!(f.admit(key(2)).is_ok(), "other sessions are not affected");
+        drop(other);
+        let (cancelled, login) = closing.await.unwrap();
+        assert_eq!(cancelled, Ok(0));
+        drop(login);
+        assert!(f.admit(key(1)).is_ok(), "open again after the login");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unanswered_requests_are_cancelled_after_the_drain() {
+        let f = Arc::new(InFlight::default());
+        let login = f.admit(key(1)).unwrap();
+        let mut slow = f.admit(key(1)).unwrap();
+        let held = tokio::spawn(async move {
+            slow.cancelled().await;
+            // Dropping the ticket is what the cancelled request does.
+        });
+        let closing = f.close(&login, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(closing.cancelled, 1);
+        held.await.unwrap();
+        assert!(f.admit(key(1)).is_err(), "still closed while the login runs");
+        drop(closing);
+        drop(login);
+        assert!(f.is_empty(), "no state left for idle sessions");
+        let mut fresh = f.admit(key(1)).unwrap();
+        let not_cancelled = tokio::time::timeout(Duration::from_secs(1), fresh.cancelled()).await;
+        assert!(not_cancelled.is_err(), "a request after the login is not cancelled");
+    }
+
+    #[tokio::test]
+    async fn two_logins_cannot_both_close() {
+        let f = Arc::new(InFlight::default());
+        let a = f.admit(key(1)).unwrap();
+        let _closing = f.close(&a, Duration::from_secs(1)).await.unwrap();
+        // A second ticket cannot even be admitted; a ticket from before cannot close.
+        assert!(f.admit(key(1)).is_err());
+    }
+}

@@ -1,0 +1,278 @@
+//! The name normaliser: does a cookie or parameter name *read as* a vaulted name on some
+//! stack?
+//!
+//! Back ends do not compare names byte for byte. PHP url-decodes cookie and parameter
+//! names, drops leading spaces, cuts them at NUL and turns `.`, space and an unmatched `[`
+//! into `_` (`php-src main/php_variables.c`), and reads `name[x]` as the array `name`;
+//! Python frameworks `str.strip()` names (Unicode whitespace, on a latin-1 or UTF-8
+//! decoding of the bytes); some servers compare names case-insensitively; `+` is a space
+//! in form decoding. A client spelling that any of these readings maps onto a vaulted name
+//! could stand in for the vaulted cookie, so it is treated as the vaulted name.
+//!
+//! Each reading is one entry of [`READINGS`]; a name's *keys* are its readings, lower-cased
+//! (every comparison ignores case). Two names clash when their key sets meet. Adding a
+//! stack's reading is one table entry; the property tests in `tests/name_readings.rs`
+//! model each stack's parser independently and check that nothing it reads as vaulted
+//! survives.
+
+use std::borrow::Cow;
+
+/// One way a back end reads a name.
+pub struct Reading {
+    /// Who reads names this way, for the documentation and the tests.
+    pub stacks: &'static str,
+    pub apply: fn(&[u8]) -> Cow<'_, [u8]>,
+}
+
+/// Every reading a name is compared under.
+pub const READINGS: &[Reading] = &[
+    Reading {
+        stacks: "byte-exact (RFC 6265, Tomcat, Go, Rack)",
+        apply: exact,
+    },
+    Reading {
+        stacks: "percent-decoded once (PHP cookies and parameters; every query parser)",
+        apply: |n| Cow::Owned(percent_decode(n, false)),
+    },
+    Reading {
+        stacks: "form-decoded, `+` as space, then PHP's variable-name mangling",
+        apply: |n| Cow::Owned(php_variable_name(&percent_decode(n, true))),
+    },
+    Reading {
+        stacks: "PHP's variable-name mangling of the raw bytes",
+        apply: |n| Cow::Owned(php_variable_name(n)),
+    },
+    Reading {
+        stacks: "percent-decoded twice (apps that decode again)",
+        apply: |n| Cow::Owned(percent_decode(&percent_decode(n, true), true)),
+    },
+    Reading {
+        stacks: "Unicode whitespace stripped, UTF-8 (Python str.strip, JS trim)",
+        apply: |n| Cow::Owned(strip_unicode_whitespace(&percent_decode(n, true))),
+    },
+    Reading {
+        stacks: "Unicode whitespace stripped, latin-1 (WSGI decodes headers as latin-1)",
+        apply: |n| Cow::Owned(strip_latin1_whitespace(&percent_decode(n, true))),
+    },
+    Reading {
+        stacks: "cut at the first NUL (C strings)",
+        apply: |n| {
+            let decoded = percent_decode(n, true);
+            let end = decoded
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(decoded.len());
+            Cow::Owned(decoded[..end].to_vec())
+        },
+    },
+];
+
+fn exact(n: &[u8]) -> Cow<'_, [u8]> {
+    Cow::Borrowed(n)
+}
+
+/// A set of protected names (the vault), compiled once, answering "does this client name
+/// read as one of them anywhere?".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NameGuard {
+    names: Vec<String>,
+    keys: Vec<Vec<u8>>,
+}
+
+impl NameGuard {
+    pub fn new<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> NameGuard {
+        let mut guard = NameGuard::default();
+        for n in names {
+            let n = n.as_ref();
+            guard.names.push(n.to_owned());
+            for k in keys(n.as_bytes()) {
+                if !guard.keys.contains(&k) {
+                    guard.keys.push(k);
+                }
+            }
+        }
+        guard
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The protected names, as configured.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Whether `name`, under any reading, is one of the protected names.
+    pub fn matches(&self, name: &[u8]) -> bool {
+        !self.keys.is_empty() && keys(name).iter().any(|k| self.keys.contains(k))
+    }
+}
+
+/// A name's readings, lower-cased, deduplicated.
+pub fn keys(name: &[u8]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(READINGS.len());
+    for r in READINGS {
+        let mut k = (r.apply)(name).into_owned();
+        k.make_ascii_lowercase();
+        if let Ok(s) = std::str::from_utf8(&k) {
+            if !s.is_ascii() {
+                k = s.to_lowercase().into_bytes();
+            }
+        }
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    out
+}
+
+/// Decodes `%XX` (and, with `plus`, `+` as a space); invalid escapes stay as they are,
+/// as every decoder here leaves them.
+pub fn percent_decode(s: &[u8], plus: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let escaped = (s[i] == b'%')
+            .then(|| hex_pair(s.get(i + 1), s.get(i + 2)))
+            .flatten();
+        match (s[i], escaped) {
+            (_, Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', None) if plus => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, None) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn hex_pair(a: Option<&u8>, b: Option<&u8>) -> Option<u8> {
+    let hi = (*a? as char).to_digit(16)?;
+    let lo = (*b? as char).to_digit(16)?;
+    u8::try_from(hi * 16 + lo).ok()
+}
+
+/// How PHP turns a decoded cookie or parameter name into a variable name
+/// (`php_register_variable_ex`): leading spaces dropped, cut at NUL, `.` and space become
+/// `_` up to the first `[`; `base[...]` with a closing `]` is the array `base`, and an
+/// unmatched `[` becomes `_`. Cookie names also lose leading whitespace first
+/// (`php_default_treat_data`).
+pub fn php_variable_name(name: &[u8]) -> Vec<u8> {
+    let start = name
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c))
+        .unwrap_or(name.len());
+    let name = &name[start..];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    let name = &name[..end];
+    let mut out = Vec::with_capacity(name.len());
+    for (i, &b) in name.iter().enumerate() {
+        match b {
+            b'[' => {
+                if name[i + 1..].contains(&b']') {
+                    // An array: the variable is the base name.
+                    return out;
+                }
+                out.push(b'_');
+                // After an unmatched `[`, PHP stops mangling.
+                out.extend_from_slice(&name[i + 1..]);
+                return out;
+            }
+            b' ' | b'.' => out.push(b'_'),
+            b => out.push(b),
+        }
+    }
+    out
+}
+
+fn strip_unicode_whitespace(name: &[u8]) -> Vec<u8> {
+    match std::str::from_utf8(name) {
+        Ok(s) => s.trim().as_bytes().to_vec(),
+        Err(_) => name.to_vec(),
+    }
+}
+
+/// Python's `str.strip()` on a latin-1 decoding: ASCII whitespace, 0x1c-0x1f, 0x85 and
+/// 0xa0.
+fn strip_latin1_whitespace(name: &[u8]) -> Vec<u8> {
+    let ws = |b: &u8| matches!(b, 0x09..=0x0d | 0x1c..=0x20 | 0x85 | 0xa0);
+    let start = name.iter().position(|b| !ws(b)).unwrap_or(name.len());
+    let end = name.iter().rposition(|b| !ws(b)).map_or(start, |e| e + 1);
+    name[start..end].to_vec()
+}
+
+/// Whether a field name names one of `fields` as a whole or as one component of a nested
+/// name (`user[password]`, `user.password`), under every reading.
+pub fn names_field(guard: &NameGuard, name: &[u8]) -> bool {
+    if guard.matches(name) {
+        return true;
+    }
+    let decoded = percent_decode(name, true);
+    decoded
+        .split(|b| matches!(b, b'[' | b']' | b'.'))
+        .filter(|c| !c.is_empty())
+        .any(|c| guard.matches(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard() -> NameGuard {
+        NameGuard::new(["PHPSESSID", "my_sid", "connect.sid"])
+    }
+
+    #[test]
+    fn spellings_that_read_as_vaulted() {
+        let g = guard();
+        for n in [
+            &b"PHPSESSID"[..],
+            b"phpsessid",
+            b"PHP%53ESSID",
+            b"PHP%2553ESSID",
+            b"%20PHPSESSID",
+            b"+PHPSESSID",
+            b"PHPSESSID%00junk",
+            b"PHPSESSID[x]",
+            b"my.sid",
+            b"my sid",
+            b"my[sid",
+            b"my%2Esid",
+            b"\xc2\xa0PHPSESSID",
+            b"\xe3\x80\x80PHPSESSID",
+            b"\xa0PHPSESSID",
+            b"connect_sid",
+            b"CONNECT.SID",
+        ] {
+            assert!(g.matches(n), "{:?} should read as vaulted", String::from_utf8_lossy(n));
+        }
+        for n in [&b"PHPSESSID2"[..], b"sid", b"my_sid_2", b"xPHPSESSID", b"theme"] {
+            assert!(!g.matches(n), "{:?} is not vaulted", String::from_utf8_lossy(n));
+        }
+    }
+
+    #[test]
+    fn php_mangling() {
+        assert_eq!(php_variable_name(b" a.b c"), b"a_b_c");
+        assert_eq!(php_variable_name(b"a[b]"), b"a");
+        assert_eq!(php_variable_name(b"a[b.c"), b"a_b.c");
+        assert_eq!(php_variable_name(b"a\0b"), b"a");
+    }
+
+    #[test]
+    fn nested_credential_fields() {
+        let g = NameGuard::new(["password"]);
+        assert!(names_field(&g, b"user[password]"));
+        assert!(names_field(&g, b"user.Password"));
+        assert!(names_field(&g, b"pass%77ord"));
+        assert!(!names_field(&g, b"password_hint"));
+    }
+}

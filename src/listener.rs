@@ -409,7 +409,16 @@ async fn serve_http<IO>(
         hyper::service::service_fn(move |req| handle.current().state.clone().handle(conn, req));
     let connection = live.builder.serve_connection_with_upgrades(io, svc);
     if let Err(e) = watcher.watch(connection.into_owned()).await {
-        // Clients going away mid-request is routine; keep it out of the warn level.
-        debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+        match e.downcast_ref::<hyper::Error>() {
+            // hyper answered 400 or 431 itself: log the reason and an access line, as
+            // for every other refused request.
+            Some(h) if h.is_parse() || h.is_parse_too_large() => {
+                let status = if h.is_parse_too_large() { 431 } else { 400 };
+                warn!(peer = %conn.peer, error = %e, status, "request refused while parsing its head");
+                info!(target: "access", route = "-", method = "-", path = "-", status, peer = %conn.peer.ip(), "unparseable request");
+            }
+            // Clients going away mid-request is routine; keep it out of the warn level.
+            _ => debug!(peer = %conn.peer, error = %e, "connection ended with an error"),
+        }
     }
 }

@@ -690,10 +690,33 @@ fn read_request(req: &Request<Incoming>) -> Result<Canonical, ProxyError> {
             return Err(ProxyError::NotImplemented("only the chunked transfer coding is accepted"))
         }
     }
+    check_header_values(req)?;
     let has_body = req.headers().contains_key(header::CONTENT_LENGTH)
         || req.headers().contains_key(header::TRANSFER_ENCODING)
         || !req.body().is_end_stream();
     Ok(Canonical { host, target, has_body })
+}
+
+/// Header values an HTTP/1 back end would read differently from how they arrived: an
+/// HTTP/2 value with surrounding whitespace (malformed in HTTP/2; trimmed by HTTP/1
+/// parsers), and a `Content-Length` with leading zeros (octal to some back ends).
+fn check_header_values(req: &Request<Incoming>) -> Result<(), ProxyError> {
+    if req.version() == http::Version::HTTP_2 {
+        let padded = req.headers().values().any(|v| {
+            let b = v.as_bytes();
+            matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+        });
+        if padded {
+            return Err(ProxyError::BadRequest("an HTTP/2 header value with surrounding whitespace"));
+        }
+    }
+    for v in req.headers().get_all(header::CONTENT_LENGTH) {
+        let b = v.as_bytes();
+        if b.len() > 1 && b[0] == b'0' || !b.iter().all(u8::is_ascii_digit) {
+            return Err(ProxyError::BadRequest("a Content-Length that is not plain decimal"));
+        }
+    }
+    Ok(())
 }
 
 /// Reads a whole body, within the route's size cap and idle deadline.

@@ -6,8 +6,17 @@
 //! * A Flask app with a hand-rolled server-side session store keyed by a `sid` cookie
 //!   (`tests/apps/flask_app.py`): login answers 200 "Welcome back, <user>".
 //!
-//! Each stack first shows the fixation attack working straight against the app, then that
-//! it fails through sessiongate. The interpreters come from `SESSIONGATE_E2E_PHP` and
+//! * Express 5 + express-session (`tests/apps/express/`): login answers 302.
+//! * Django 5.2 with cache-backed sessions (`tests/apps/django_app/`): 200 "Welcome back".
+//! * Flask-Session + Flask-Login (`tests/apps/flask_login_app.py`): 302.
+//! * Tomcat 10.1, JSPs (`tests/apps/tomcat/`), `JSESSIONID` and `;jsessionid=`: 302.
+//!
+//! Express, Django, Flask-Session and Tomcat never adopt an ID they did not issue, so their
+//! attacker harvests a valid one with a first visit. Each stack first shows the fixation
+//! attack working straight against the app, then that it fails through sessiongate; each
+//! class of parser disagreement (cookie and parameter spellings, path and method variants,
+//! requests in flight, shared routes) is shown working directly first where it applies.
+//! `tests/run-all.sh` installs every stack (`tests/apps/setup.sh`). The interpreters come from `SESSIONGATE_E2E_PHP` and
 //! `SESSIONGATE_E2E_PYTHON` (set by `tests/run-all.sh`, which installs them); a missing
 //! interpreter fails the test, it is never skipped.
 #![allow(clippy::unwrap_used)]
@@ -19,6 +28,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use http::Request;
+use sessiongate::full_body;
 use support::*;
 
 /// sessiongate's own cookie (the default name).
@@ -32,6 +43,10 @@ const HINT: &str = "run `bash tests/run-all.sh`, which installs php-cli and the 
 enum Stack {
     Php,
     Flask,
+    Express,
+    Django,
+    FlaskLogin,
+    Tomcat,
 }
 
 impl Stack {
@@ -40,32 +55,80 @@ impl Stack {
         match self {
             Stack::Php => "PHPSESSID",
             Stack::Flask => "sid",
+            Stack::Express => "connect.sid",
+            Stack::Django => "sessionid",
+            Stack::FlaskLogin => "session",
+            Stack::Tomcat => "JSESSIONID",
         }
     }
 
-    /// The session id an attacker picks and plants in the victim's browser.
-    fn attacker_id(self) -> &'static str {
+    /// The login answers 302 to /account (else 200 "Welcome back, <user>").
+    fn redirects_on_login(self) -> bool {
+        matches!(self, Stack::Php | Stack::Express | Stack::FlaskLogin | Stack::Tomcat)
+    }
+
+    fn failure_text(self) -> &'static str {
         match self {
-            Stack::Php => "attackerchosen123",
-            Stack::Flask => "attackerchosen",
+            Stack::Php | Stack::Express | Stack::Tomcat => "Invalid credentials",
+            Stack::Flask | Stack::Django | Stack::FlaskLogin => "Login failed",
         }
     }
 
-    fn login_criteria(self) -> &'static str {
+    /// The session id an attacker plants in the victim's browser: one they chose, or,
+    /// for an app that only accepts ids it issued, one harvested with a first visit.
+    async fn attacker_id(self, app: &App) -> String {
         match self {
-            Stack::Php => {
-                r#"success = { status = [302], header = { name = "location", regex = "^/account" } }
-failure = { body_contains = "Invalid credentials" }"#
+            Stack::Php => "attackerchosen123".to_owned(),
+            Stack::Flask => "attackerchosen".to_owned(),
+            _ => {
+                let mut attacker = Browser::direct(app.addr);
+                let r = attacker.get("/").await;
+                assert_eq!(r.status, 200, "harvesting visit: {r:?}");
+                attacker
+                    .cookie(self.app_cookie())
+                    .unwrap_or_else(|| panic!("{self:?} set no {}: {r:?}", self.app_cookie()))
+                    .to_owned()
             }
-            Stack::Flask => {
-                r#"success = { status = [200], body_contains = "Welcome back" }
-failure = { body_contains = "Login failed" }"#
-            }
+        }
+    }
+
+    /// The session id a cookie value stands for (`/sid` answers with it): express-session
+    /// signs its cookie as `s:<id>.<signature>`.
+    fn session_of(self, cookie_value: &str) -> String {
+        match self {
+            Stack::Express => cookie_value
+                .strip_prefix("s%3A")
+                .and_then(|v| v.split('.').next())
+                .unwrap_or(cookie_value)
+                .to_owned(),
+            _ => cookie_value.to_owned(),
+        }
+    }
+
+    fn login_criteria(self) -> String {
+        if self.redirects_on_login() {
+            format!(
+                r#"success = {{ status = [302], header = {{ name = "location", regex = "^/account" }} }}
+failure = {{ body_contains = "{}" }}"#,
+                self.failure_text()
+            )
+        } else {
+            format!(
+                r#"success = {{ status = [200], body_contains = "Welcome back" }}
+failure = {{ body_contains = "{}" }}"#,
+                self.failure_text()
+            )
         }
     }
 
     /// The sessiongate config (besides `[server]` and `[tls]`) for this stack's app.
     fn config(self, app: &App) -> String {
+        self.config_with(app, "/login")
+    }
+
+    /// The config with the login rule on `login_path` (a path the app does not use
+    /// leaves only `credential_fields` to find the login).
+    fn config_with(self, app: &App, login_path: &str) -> String {
         format!(
             r#"
 [session]
@@ -79,7 +142,7 @@ vault = ["{cookie}"]
 strip_request_session_ids = true
 
 [[routes.session.login]]
-path = "/login"
+path = "{login_path}"
 {criteria}
 subject = {{ form_field = "username" }}
 
@@ -95,42 +158,33 @@ clear_site_data = true
     }
 
     fn assert_login_ok(self, r: &Reply, user: &str) {
-        match self {
-            Stack::Php => {
-                assert_eq!(r.status, 302, "PHP login of {user} should redirect: {r:?}");
-                let to = r.headers.get("location").map(|v| v.to_str().unwrap());
-                assert!(
-                    to.is_some_and(|l| l.starts_with("/account")),
-                    "PHP login should redirect to /account: {r:?}"
-                );
-            }
-            Stack::Flask => {
-                assert_eq!(r.status, 200, "Flask login of {user}: {r:?}");
-                assert_eq!(r.text().trim(), format!("Welcome back, {user}"));
-            }
+        if self.redirects_on_login() {
+            assert_eq!(r.status, 302, "{self:?} login of {user} should redirect: {r:?}");
+            let to = r.headers.get("location").map(|v| v.to_str().unwrap());
+            assert!(
+                to.is_some_and(|l| l.starts_with("/account")),
+                "{self:?} login should redirect to /account: {r:?}"
+            );
+        } else {
+            assert_eq!(r.status, 200, "{self:?} login of {user}: {r:?}");
+            assert_eq!(r.text().trim(), format!("Welcome back, {user}"));
         }
     }
 
     fn assert_login_failed(self, r: &Reply) {
-        assert_eq!(
-            r.status, 200,
-            "a failed login answers 200 on both stacks: {r:?}"
-        );
+        assert_eq!(r.status, 200, "a failed login answers 200 on every stack: {r:?}");
         let text = r.text();
-        match self {
-            Stack::Php => assert!(text.contains("Invalid credentials"), "{text:?}"),
-            Stack::Flask => assert!(text.contains("Login failed"), "{text:?}"),
-        }
+        assert!(text.contains(self.failure_text()), "{self:?}: {text:?}");
     }
 
     fn assert_logout_ok(self, r: &Reply) {
         match self {
-            Stack::Php => {
-                assert_eq!(r.status, 302, "PHP logout: {r:?}");
+            Stack::Php | Stack::Express | Stack::Tomcat => {
+                assert_eq!(r.status, 302, "{self:?} logout: {r:?}");
                 assert_eq!(r.headers.get("location").unwrap(), "/");
             }
-            Stack::Flask => {
-                assert_eq!(r.status, 200, "Flask logout: {r:?}");
+            Stack::Flask | Stack::Django | Stack::FlaskLogin => {
+                assert_eq!(r.status, 200, "{self:?} logout: {r:?}");
                 assert_eq!(r.text().trim(), "Bye");
             }
         }
@@ -149,7 +203,7 @@ clear_site_data = true
                 assert_eq!(r.headers.get("location").unwrap(), "/login");
                 assert!(!r.text().contains("Account of"), "{r:?}");
             }
-            (None, Stack::Flask) => {
+            (None, _) => {
                 assert_eq!(r.status, 401, "anonymous /account: {r:?}");
                 assert_eq!(r.text().trim(), "Not logged in");
             }
@@ -190,6 +244,11 @@ fn interpreter(var: &str, fallback: &str) -> String {
 
 impl App {
     async fn start(stack: Stack) -> App {
+        App::start_with(stack, &[]).await
+    }
+
+    /// With extra interpreter arguments (PHP: `-d` settings).
+    async fn start_with(stack: Stack, extra: &[&str]) -> App {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let apps = root.join("tests/apps");
         let dir = tempfile::tempdir().unwrap();
@@ -215,20 +274,44 @@ impl App {
                         "session.use_trans_sid=1".into(),
                         "-d".into(),
                         format!("session.save_path={}", sessions.display()),
-                        docroot.join("index.php").display().to_string(),
-                    ],
+                        // `;` separates query and form fields too (a common legacy setting).
+                        "-d".into(),
+                        "arg_separator.input=;&".into(),
+                    ]
+                    .into_iter()
+                    .chain(extra.iter().map(|e| (*e).to_owned()))
+                    .chain([docroot.join("index.php").display().to_string()])
+                    .collect(),
                 )
             }
-            Stack::Flask => {
+            Stack::Flask | Stack::Django | Stack::FlaskLogin => {
                 let venv = root.join("target/e2e-venv/bin/python");
+                let script = match stack {
+                    Stack::Flask => apps.join("flask_app.py"),
+                    Stack::Django => apps.join("django_app/app.py"),
+                    _ => apps.join("flask_login_app.py"),
+                };
+                let mut args = vec![script.display().to_string(), port.to_string()];
+                if stack == Stack::FlaskLogin {
+                    args.push(dir.path().join("flask-sessions").display().to_string());
+                }
                 (
                     interpreter("SESSIONGATE_E2E_PYTHON", &venv.display().to_string()),
-                    vec![
-                        apps.join("flask_app.py").display().to_string(),
-                        port.to_string(),
-                    ],
+                    args,
                 )
             }
+            Stack::Express => (
+                interpreter("SESSIONGATE_E2E_NODE", "node"),
+                vec![apps.join("express/server.js").display().to_string(), port.to_string()],
+            ),
+            Stack::Tomcat => (
+                "sh".to_owned(),
+                vec![
+                    apps.join("tomcat/run.sh").display().to_string(),
+                    port.to_string(),
+                    dir.path().join("catalina-base").display().to_string(),
+                ],
+            ),
         };
         let log = std::fs::File::create(dir.path().join("app.log")).unwrap();
         let child = Command::new(&program)
@@ -257,7 +340,8 @@ impl App {
     /// Waits until the app accepts TCP connections; fails loudly after 20 s or if the
     /// process exits.
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Tomcat compiles its JSPs before it listens: allow for a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!(
@@ -272,7 +356,7 @@ impl App {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "the {:?} app did not listen on {} within 20 s\n--- app log ---\n{}",
+                    "the {:?} app did not listen on {} within 60 s\n--- app log ---\n{}",
                     self.stack,
                     self.addr,
                     self.log()
@@ -349,7 +433,9 @@ async fn start(stack: Stack) -> (App, Proxy) {
 /// victim's browser, is the id of the victim's logged-in session.
 async fn direct_attack_succeeds_without_the_proxy(stack: Stack) {
     let app = within("starting the app", App::start(stack)).await;
-    let (cookie, id) = (stack.app_cookie(), stack.attacker_id());
+    let cookie = stack.app_cookie();
+    let id = stack.attacker_id(&app).await;
+    let id = id.as_str();
 
     let mut victim = Browser::direct(app.addr);
     victim.plant(cookie, id);
@@ -508,7 +594,9 @@ async fn planted_proxy_id_is_worthless_after_login(stack: Stack) {
 
 async fn planted_app_cookie_is_ignored(stack: Stack) {
     let (app, proxy) = start(stack).await;
-    let (cookie, id) = (stack.app_cookie(), stack.attacker_id());
+    let cookie = stack.app_cookie();
+    let id = stack.attacker_id(&app).await;
+    let id = id.as_str();
 
     let mut victim = Browser::new(&proxy);
     victim.plant(cookie, id);
@@ -540,6 +628,176 @@ async fn planted_app_cookie_is_ignored(stack: Stack) {
     stack.assert_account(&mut attacker, None).await;
 }
 
+// ---------------------------------------------------------------- parser disagreements
+
+/// A request the app routes to its login handler, spelled differently.
+struct Variant {
+    method: &'static str,
+    target: &'static str,
+    /// `None`: the usual urlencoded form; `Some("multipart")`: the same fields as
+    /// multipart/form-data; `Some("empty")`: no body (credentials in the target).
+    body: Option<&'static str>,
+}
+
+const fn v(method: &'static str, target: &'static str) -> Variant {
+    Variant { method, target, body: None }
+}
+
+impl Stack {
+    /// The variants that log alice in on this stack, measured against the real servers.
+    fn login_variants(self) -> Vec<Variant> {
+        let multipart = Variant { method: "POST", target: "/login", body: Some("multipart") };
+        match self {
+            Stack::Express => vec![v("POST", "/Login"), v("POST", "/LOGIN"), v("POST", "/login/")],
+            Stack::Django | Stack::Flask | Stack::FlaskLogin => {
+                vec![v("POST", "//login"), v("POST", "/l%6Fgin"), v("post", "/login"), multipart]
+            }
+            Stack::Tomcat => vec![
+                v("POST", "//login"),
+                v("POST", "/l%6Fgin"),
+                v("POST", "/login;x=y"),
+                v("POST", "/./login"),
+                v("POST", "/x/../login"),
+                v("POST", "/x/..;/login"),
+                Variant {
+                    method: "POST",
+                    target: "/login?username=alice&password=wonderland",
+                    body: Some("empty"),
+                },
+            ],
+            Stack::Php => vec![multipart],
+        }
+    }
+}
+
+async fn send_variant(b: &mut Browser, variant: &Variant) -> Reply {
+    let builder = Request::builder()
+        .method(http::Method::from_bytes(variant.method.as_bytes()).unwrap())
+        .uri(variant.target);
+    let req = match variant.body {
+        None => builder
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(full_body("username=alice&password=wonderland")),
+        Some("multipart") => builder
+            .header("content-type", "multipart/form-data; boundary=XyZ")
+            .body(full_body(
+                "--XyZ\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\nalice\r\n\
+                 --XyZ\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\nwonderland\r\n--XyZ--\r\n",
+            )),
+        Some(_) => builder.header("content-length", "0").body(full_body("")),
+    };
+    b.send(req.unwrap()).await
+}
+
+/// Class 3: every spelling of the login request the app routes to its login handler logs
+/// in directly, and through sessiongate it rotates the ID (or is refused).
+async fn login_variants_rotate(stack: Stack) {
+    let (app, proxy) = start(stack).await;
+    for variant in stack.login_variants() {
+        let what = format!("{} {} ({:?})", variant.method, variant.target, variant.body);
+        // Directly: the variant logs in the session the attacker planted.
+        let id = stack.attacker_id(&app).await;
+        let mut victim = Browser::direct(app.addr);
+        victim.plant(stack.app_cookie(), &id);
+        send_variant(&mut victim, &variant).await;
+        let mut attacker = Browser::direct(app.addr);
+        attacker.plant(stack.app_cookie(), &id);
+        assert_eq!(whoami(&mut attacker).await, "alice", "{what} should log in directly");
+
+        // Through sessiongate: the planted ID is worthless afterwards.
+        let mut attacker = Browser::new(&proxy);
+        attacker.get("/").await;
+        let planted = sg(&attacker);
+        let mut victim = Browser::new(&proxy);
+        victim.plant(SG, &planted);
+        let r = send_variant(&mut victim, &variant).await;
+        assert!(r.status.as_u16() < 500, "{what}: {r:?}");
+        assert_eq!(whoami(&mut attacker).await, "anonymous", "{what}: the planted ID became alice's");
+        if r.status != 400 {
+            assert_ne!(victim.cookie(SG), Some(planted.as_str()), "{what} must rotate {SG}");
+            assert_eq!(whoami(&mut victim).await, "alice", "{what}: the victim is logged in");
+        }
+    }
+}
+
+/// A login sent where no rule looks (the rule names another path): its `password` field
+/// alone makes it a login attempt, and the ID rotates.
+async fn credential_fields_catch_unnamed_logins(stack: Stack) {
+    let app = within("starting the app", App::start(stack)).await;
+    let proxy = Proxy::start(&stack.config_with(&app, "/not-the-login-path")).await;
+    let mut attacker = Browser::new(&proxy);
+    attacker.get("/").await;
+    let planted = sg(&attacker);
+    let mut victim = Browser::new(&proxy);
+    victim.plant(SG, &planted);
+    stack.assert_login_ok(&login(&mut victim, "/login", "alice", "wonderland").await, "alice");
+    assert_ne!(victim.cookie(SG), Some(planted.as_str()), "a credential field must rotate {SG}");
+    assert_eq!(whoami(&mut victim).await, "alice");
+    assert_eq!(whoami(&mut attacker).await, "anonymous");
+}
+
+/// Class 5: a plain route in front of the same app filters the vaulted cookie both ways.
+async fn plain_route_to_the_same_app_filters_the_vault(stack: Stack) {
+    let app = within("starting the app", App::start(stack)).await;
+    let id = stack.attacker_id(&app).await;
+    let mut direct = Browser::direct(app.addr);
+    direct.plant(stack.app_cookie(), &id);
+    let sid = stack.session_of(&id);
+    assert_eq!(direct.get("/sid").await.text().trim(), sid, "directly, /sid runs on the planted id");
+
+    let config = format!(
+        "{}\n[[routes]]\nname = \"plain\"\npath_prefix = \"/sid\"\nupstream = \"http://{}\"\n",
+        stack.config(&app),
+        app.addr
+    );
+    let proxy = Proxy::start(&config).await;
+    let mut victim = Browser::new(&proxy);
+    victim.plant(stack.app_cookie(), &id);
+    let r = victim.get("/sid").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_ne!(r.text().trim(), sid, "the planted app cookie reached the app on a plain route");
+    assert!(
+        victim.cookie(stack.app_cookie()).is_none_or(|v| v == id),
+        "the app's session cookie reached the browser on a plain route: {:?}",
+        victim.jar
+    );
+    assert!(r.set_cookies().iter().all(|c| !c.starts_with(stack.app_cookie())), "{r:?}");
+}
+
+/// Class 4: a request held open with the planted ID across the victim's login is never
+/// answered with the victim's session.
+async fn request_in_flight_across_the_login(stack: Stack) {
+    let (_app, proxy) = start(stack).await;
+    let mut attacker = Browser::new(&proxy);
+    attacker.get("/").await;
+    let planted = sg(&attacker);
+
+    // The attacker's request: its head is in, its body trickles.
+    let (tx, body) = channel_body();
+    let req = Request::get("/whoami")
+        .header("host", "localhost")
+        .header("cookie", format!("{SG}={planted}"))
+        .header("content-type", "application/octet-stream")
+        .header("content-length", "10")
+        .body(body)
+        .unwrap();
+    let mut h1 = proxy.h1().await;
+    let held = tokio::spawn(async move { h1.send(req).await });
+    tx.send(bytes::Bytes::from_static(b"12345")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut victim = Browser::new(&proxy);
+    victim.plant(SG, &planted);
+    let started = Instant::now();
+    stack.assert_login_ok(&login(&mut victim, "/login", "alice", "wonderland").await, "alice");
+    assert!(started.elapsed() < Duration::from_secs(15), "the login waited too long");
+    let _ = tx.send(bytes::Bytes::from_static(b"67890")).await;
+    let r = within("the held request", held).await.unwrap();
+    assert!(!r.text().contains("alice"), "the held request was answered as alice: {r:?}");
+    assert_eq!(r.status, 409, "cancelled by the login: {r:?}");
+    assert_eq!(whoami(&mut victim).await, "alice");
+}
+
 // ---------------------------------------------------------------- the tests
 
 /// One module per stack: the shared checks, plus the stack's own.
@@ -553,7 +811,10 @@ macro_rules! stack_tests {
                 login_logout_through_the_proxy,
                 failed_login_stays_anonymous,
                 planted_proxy_id_is_worthless_after_login,
-                planted_app_cookie_is_ignored);
+                planted_app_cookie_is_ignored,
+                login_variants_rotate,
+                credential_fields_catch_unnamed_logins,
+                plain_route_to_the_same_app_filters_the_vault);
             $($extra)*
         }
     };
@@ -568,6 +829,75 @@ macro_rules! stack_tests {
 }
 
 stack_tests!(php, Stack::Php, {
+    /// Class 4, where it bites: PHP reads the whole body before the script runs, so a
+    /// request held open across the login would run as alice.
+    #[tokio::test]
+    async fn request_in_flight_across_the_login() {
+        super::request_in_flight_across_the_login(Stack::Php).await;
+    }
+
+    /// Class 2: query and form field names PHP reads as `PHPSESSID` (leading space or `+`,
+    /// cut at NUL, `;` as a separator, a multipart part).
+    #[tokio::test]
+    async fn parameter_spellings_are_removed() {
+        let (app, proxy) = start(Stack::Php).await;
+        let cases: [(&str, &str); 5] = [
+            ("sp1", "/whoami?%20PHPSESSID=attackersp1"),
+            ("pl1", "/whoami?+PHPSESSID=attackerpl1"),
+            ("nul1", "/whoami?PHPSESSID%00junk=attackernul1"),
+            ("semi1", "/whoami?a=1;PHPSESSID=attackersemi1"),
+            ("multi1", "/whoami"),
+        ];
+        for (tag, target) in cases {
+            let id = format!("attacker{tag}");
+            let make = || {
+                let req = if tag == "multi1" {
+                    Request::post(target)
+                        .header("content-type", "multipart/form-data; boundary=B")
+                        .body(full_body(format!(
+                            "--B\r\nContent-Disposition: form-data; name=\"PHPSESSID\"\r\n\r\n{id}\r\n--B--\r\n"
+                        )))
+                } else {
+                    Request::get(target).body(full_body(""))
+                };
+                req.unwrap()
+            };
+            Browser::direct(app.addr).send(make()).await;
+            assert!(app.php_saw_session_id(&id), "{target}: PHP should read it directly");
+            std::fs::remove_file(app.sessions_dir().join(format!("sess_{id}"))).unwrap();
+            let r = Browser::new(&proxy).send(make()).await;
+            assert!(r.status.as_u16() < 500, "{r:?}");
+            assert!(!app.php_saw_session_id(&id), "{target} ({tag}) reached PHP");
+        }
+    }
+
+    /// Class 1: with `session.name=my_sid`, PHP reads `my.sid`, `my sid` and `my[sid` as
+    /// `my_sid`.
+    #[tokio::test]
+    async fn mangled_cookie_names_are_dropped() {
+        let app = within("starting the app", App::start_with(Stack::Php, &["-d", "session.name=my_sid"])).await;
+        let proxy = Proxy::start(&Stack::Php.config(&app).replace("\"PHPSESSID\"", "\"my_sid\"")).await;
+        for (i, name) in ["my.sid", "my sid", "my[sid", "my%2Esid"].into_iter().enumerate() {
+            let id = format!("attackermangled{i}");
+            let line = format!("{name}={id}");
+            let make = |line: &str| {
+                Request::get("/whoami")
+                    .header("cookie", http::HeaderValue::from_bytes(line.as_bytes()).unwrap())
+                    .body(full_body(""))
+                    .unwrap()
+            };
+            Browser::direct(app.addr).send(make(&line)).await;
+            let direct = app.php_saw_session_id(&id);
+            if name != "my%2Esid" {
+                assert!(direct, "PHP should read {name:?} as my_sid");
+            }
+            let _ = std::fs::remove_file(app.sessions_dir().join(format!("sess_{id}")));
+            let r = Browser::new(&proxy).send(make(&line)).await;
+            assert_eq!(r.status, 200, "{r:?}");
+            assert!(!app.php_saw_session_id(&id), "{name:?} reached PHP as my_sid");
+        }
+    }
+
     #[tokio::test]
     async fn session_id_in_a_form_body_is_stripped() {
         // PHP with use_only_cookies=0 also takes PHPSESSID from a POST field; a
@@ -631,3 +961,46 @@ stack_tests!(php, Stack::Php, {
 });
 
 stack_tests!(flask, Stack::Flask, {});
+stack_tests!(express, Stack::Express, {});
+stack_tests!(flask_login, Stack::FlaskLogin, {});
+stack_tests!(tomcat, Stack::Tomcat, {
+    /// `;jsessionid=` (Tomcat's URL session id) with a harvested id: used directly,
+    /// removed by sessiongate.
+    #[tokio::test]
+    async fn jsessionid_path_parameter_is_removed() {
+        let (app, proxy) = start(Stack::Tomcat).await;
+        let id = Stack::Tomcat.attacker_id(&app).await;
+        let mut direct = Browser::direct(app.addr);
+        assert_eq!(direct.get(&format!("/sid;jsessionid={id}")).await.text().trim(), id);
+        let mut victim = Browser::new(&proxy);
+        let r = victim.get(&format!("/sid;jsessionid={id}")).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_ne!(r.text().trim(), id, "the ;jsessionid= reached Tomcat");
+    }
+});
+stack_tests!(django, Stack::Django, {
+    /// Django `str.strip()`s cookie names: a name after a no-break space is `sessionid`.
+    /// Django also keeps the last of two equal names.
+    #[tokio::test]
+    async fn unicode_whitespace_and_last_duplicate_spellings_are_dropped() {
+        let (app, proxy) = start(Stack::Django).await;
+        let id = Stack::Django.attacker_id(&app).await;
+        for line in [format!("\u{a0}sessionid={id}"), format!("a=1; sessionid=x; sessionid={id}")] {
+            let make = |line: &str| {
+                Request::get("/sid")
+                    .header("cookie", http::HeaderValue::from_bytes(line.as_bytes()).unwrap())
+                    .body(full_body(""))
+                    .unwrap()
+            };
+            let mut direct = Browser::direct(app.addr);
+            assert_eq!(direct.send(make(&line)).await.text().trim(), id, "directly: {line:?}");
+            let mut victim = Browser::new(&proxy);
+            victim.get("/").await;
+            let mut line_with_sg = format!("{SG}={}; ", sg(&victim));
+            line_with_sg.push_str(&line);
+            let r = Browser::new(&proxy).send(make(&line_with_sg)).await;
+            assert_eq!(r.status, 200, "{r:?}");
+            assert_ne!(r.text().trim(), id, "through sessiongate: {line:?}");
+        }
+    }
+});

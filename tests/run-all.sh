@@ -22,6 +22,8 @@ if ! "$venv/bin/python" -c 'import flask, yaml' >/dev/null 2>&1; then
   "$venv/bin/pip" install -q flask pyyaml
   "$venv/bin/python" -c 'import flask, yaml'
 fi
+# The other real stacks of tests/e2e_stacks.rs: Tomcat, Express, Django, Flask-Login.
+bash tests/apps/setup.sh "$venv"
 export SESSIONGATE_E2E_PYTHON="$venv/bin/python"
 SESSIONGATE_E2E_PHP="$(command -v php)"
 export SESSIONGATE_E2E_PHP

@@ -140,17 +140,25 @@ pub fn split_request_cookies<'a>(
             if pair.is_empty() {
                 continue;
             }
-            let Some((name, val)) = strict_pair(pair) else {
-                out.malformed += 1;
-                continue;
+            let (name, val, strict) = match strict_pair(pair) {
+                Some((n, v)) => (n, v, true),
+                None => {
+                    let eq = pair.iter().position(|&b| b == b'=').unwrap_or(0);
+                    (trim(&pair[..eq]), &pair[..0], false)
+                }
             };
             if name == proxy_name.as_bytes() {
-                let this = SessionId::parse(val).map_or(Presented::Malformed, Presented::Valid);
+                let this = match strict {
+                    true => SessionId::parse(val).map_or(Presented::Malformed, Presented::Valid),
+                    false => Presented::Malformed,
+                };
                 out.presented = match (std::mem::take(&mut out.presented), this) {
                     (Presented::Absent, this) => this,
                     (prev, this) if prev == this => prev,
                     _ => Presented::Ambiguous,
                 };
+            } else if !strict {
+                out.malformed += 1;
             } else if protected.matches(name) || name.eq_ignore_ascii_case(proxy_name.as_bytes()) {
                 out.protected += 1;
             } else {

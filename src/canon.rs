@@ -209,7 +209,10 @@ pub fn host(raw: &str) -> Result<Host, Reason> {
         }
         let port = match after {
             "" => None,
-            p => Some(p.strip_prefix(':').ok_or("junk after an IPv6 literal in Host")?),
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or("junk after an IPv6 literal in Host")?,
+            ),
         };
         (format!("[{}]", inside.to_ascii_lowercase()), port)
     } else {
@@ -286,7 +289,9 @@ pub fn request_host<B>(req: &Request<B>) -> Result<Option<Host>, Reason> {
 pub fn check_framing(headers: &HeaderMap) -> Result<(), FramingError> {
     let mut codings = Vec::new();
     for v in headers.get_all(header::TRANSFER_ENCODING) {
-        let v = v.to_str().map_err(|_| FramingError::Bad("Transfer-Encoding is not ASCII"))?;
+        let v = v
+            .to_str()
+            .map_err(|_| FramingError::Bad("Transfer-Encoding is not ASCII"))?;
         codings.extend(v.split(',').map(|t| t.trim().to_ascii_lowercase()));
     }
     match codings.as_slice() {
@@ -387,7 +392,10 @@ mod tests {
     fn params_are_kept_apart() {
         let t = target("/shop;jsessionid=X/cart;v=1", Some("a=1")).unwrap();
         assert_eq!(t.path, "/shop/cart");
-        assert_eq!(t.path_with_params(|p| !p.starts_with("jsessionid")), "/shop/cart;v=1");
+        assert_eq!(
+            t.path_with_params(|p| !p.starts_with("jsessionid")),
+            "/shop/cart;v=1"
+        );
         assert_eq!(t.path_with_params(|_| false), "/shop/cart");
     }
 
@@ -396,7 +404,17 @@ mod tests {
         assert_eq!(host("Example.COM.").unwrap().name, "example.com");
         assert_eq!(host("example.com:8443").unwrap().header, "example.com:8443");
         assert_eq!(host("[::1]:8443").unwrap().name, "::1");
-        for bad in ["a b", "user:pw@host", "user@host", "", "a..b", "host:x", "host:99999", "[::1", "h%41"] {
+        for bad in [
+            "a b",
+            "user:pw@host",
+            "user@host",
+            "",
+            "a..b",
+            "host:x",
+            "host:99999",
+            "[::1",
+            "h%41",
+        ] {
             assert!(host(bad).is_err(), "{bad:?}");
         }
     }
@@ -409,7 +427,10 @@ mod tests {
         assert!(check_framing(&h).is_ok());
         h.insert(header::TRANSFER_ENCODING, "gzip, chunked".parse().unwrap());
         assert_eq!(check_framing(&h), Err(FramingError::UnsupportedCoding));
-        h.insert(header::TRANSFER_ENCODING, "chunked, chunked".parse().unwrap());
+        h.insert(
+            header::TRANSFER_ENCODING,
+            "chunked, chunked".parse().unwrap(),
+        );
         assert_eq!(check_framing(&h), Err(FramingError::UnsupportedCoding));
     }
 

@@ -24,7 +24,9 @@ use crate::names::{self, NameGuard};
 pub enum BodyKind {
     /// Fields separated by `&` or `;`.
     UrlEncoded,
-    Multipart { boundary: String },
+    Multipart {
+        boundary: String,
+    },
     Json,
     /// Not a form: streamed untouched.
     Opaque,
@@ -98,7 +100,11 @@ pub enum FormError {
 }
 
 /// Reads a whole body of the given kind.
-pub async fn inspect(kind: &BodyKind, body: Bytes, what: &Inspect<'_>) -> Result<Inspected, FormError> {
+pub async fn inspect(
+    kind: &BodyKind,
+    body: Bytes,
+    what: &Inspect<'_>,
+) -> Result<Inspected, FormError> {
     match kind {
         BodyKind::Opaque => Ok(Inspected {
             body,
@@ -150,7 +156,10 @@ fn json(body: Bytes, what: &Inspect<'_>) -> Inspected {
         Ok(v) => {
             out.credentials = json_has_key(&v, what.credentials);
             out.subject = what.subject_field.and_then(|f| {
-                v.get(f).and_then(|s| s.as_str()).filter(|s| !s.is_empty()).map(str::to_owned)
+                v.get(f)
+                    .and_then(|s| s.as_str())
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
             });
         }
         // The app's JSON parser may be more lenient than serde_json: when in doubt, it is
@@ -163,15 +172,19 @@ fn json(body: Bytes, what: &Inspect<'_>) -> Inspected {
 
 fn json_has_key(v: &serde_json::Value, credentials: &NameGuard) -> bool {
     match v {
-        serde_json::Value::Object(map) => map
-            .iter()
-            .any(|(k, v)| names::names_field(credentials, k.as_bytes()) || json_has_key(v, credentials)),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| {
+            names::names_field(credentials, k.as_bytes()) || json_has_key(v, credentials)
+        }),
         serde_json::Value::Array(items) => items.iter().any(|v| json_has_key(v, credentials)),
         _ => false,
     }
 }
 
-async fn multipart(body: Bytes, boundary: &str, what: &Inspect<'_>) -> Result<Inspected, FormError> {
+async fn multipart(
+    body: Bytes,
+    boundary: &str,
+    what: &Inspect<'_>,
+) -> Result<Inspected, FormError> {
     if boundary.is_empty() {
         return Err(FormError::Multipart("no boundary in Content-Type".into()));
     }
@@ -216,7 +229,14 @@ async fn multipart(body: Bytes, boundary: &str, what: &Inspect<'_>) -> Result<In
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned);
         }
-        encode_part(&mut encoded, boundary, &name, file_name.as_deref(), content_type.as_deref(), &data)?;
+        encode_part(
+            &mut encoded,
+            boundary,
+            &name,
+            file_name.as_deref(),
+            content_type.as_deref(),
+            &data,
+        )?;
     }
     encoded.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     out.body = encoded.into();
@@ -238,7 +258,9 @@ fn encode_part(
     if !encodable(name) || !file_name.is_none_or(encodable) || !content_type.is_none_or(encodable) {
         return Err(FormError::Unencodable);
     }
-    out.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes());
+    out.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes(),
+    );
     if let Some(f) = file_name {
         out.extend_from_slice(format!("; filename=\"{f}\"").as_bytes());
     }
@@ -267,16 +289,27 @@ mod tests {
     #[test]
     fn kinds() {
         assert_eq!(kind(None), BodyKind::UrlEncoded);
-        assert_eq!(kind(Some("APPLICATION/X-WWW-FORM-URLENCODED")), BodyKind::UrlEncoded);
-        assert_eq!(kind(Some("application/x-www-form-urlencoded;charset=utf-8")), BodyKind::UrlEncoded);
-        assert_eq!(kind(Some("application/x-www-form-urlencoded , x")), BodyKind::UrlEncoded);
+        assert_eq!(
+            kind(Some("APPLICATION/X-WWW-FORM-URLENCODED")),
+            BodyKind::UrlEncoded
+        );
+        assert_eq!(
+            kind(Some("application/x-www-form-urlencoded;charset=utf-8")),
+            BodyKind::UrlEncoded
+        );
+        assert_eq!(
+            kind(Some("application/x-www-form-urlencoded , x")),
+            BodyKind::UrlEncoded
+        );
         assert_eq!(kind(Some("garbage")), BodyKind::UrlEncoded);
         assert_eq!(kind(Some("application/json")), BodyKind::Json);
         assert_eq!(kind(Some("application/vnd.api+json")), BodyKind::Json);
         assert_eq!(kind(Some("image/png")), BodyKind::Opaque);
         assert_eq!(
             kind(Some("multipart/form-data; boundary=XyZ")),
-            BodyKind::Multipart { boundary: "XyZ".into() }
+            BodyKind::Multipart {
+                boundary: "XyZ".into()
+            }
         );
     }
 
@@ -297,17 +330,34 @@ mod tests {
         let body = "preamble\r\n--b\r\nContent-Disposition: form-data; name=\"PHPSESSID\"\r\n\r\nevil\r\n\
                     --b\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\nalice\r\n\
                     --b\r\nContent-Disposition: form-data; name=\"user[password]\"\r\n\r\nx\r\n--b--\r\n";
-        let kind = BodyKind::Multipart { boundary: "b".into() };
-        let out = inspect(&kind, Bytes::from(body), &what(&p, &c, MultipartPolicy::Remove))
-            .await
-            .unwrap();
+        let kind = BodyKind::Multipart {
+            boundary: "b".into(),
+        };
+        let out = inspect(
+            &kind,
+            Bytes::from(body),
+            &what(&p, &c, MultipartPolicy::Remove),
+        )
+        .await
+        .unwrap();
         let text = String::from_utf8(out.body.to_vec()).unwrap();
-        assert!(!text.contains("PHPSESSID") && !text.contains("preamble"), "{text}");
-        assert!(text.contains("name=\"username\"\r\n\r\nalice\r\n"), "{text}");
+        assert!(
+            !text.contains("PHPSESSID") && !text.contains("preamble"),
+            "{text}"
+        );
+        assert!(
+            text.contains("name=\"username\"\r\n\r\nalice\r\n"),
+            "{text}"
+        );
         assert!(out.credentials);
         assert_eq!(out.subject.as_deref(), Some("alice"));
         assert_eq!(out.removed, 1);
-        let err = inspect(&kind, Bytes::from(body), &what(&p, &c, MultipartPolicy::Reject)).await;
+        let err = inspect(
+            &kind,
+            Bytes::from(body),
+            &what(&p, &c, MultipartPolicy::Reject),
+        )
+        .await;
         assert_eq!(err.unwrap_err(), FormError::ProtectedPart);
     }
 
@@ -316,15 +366,26 @@ mod tests {
         let p = NameGuard::default();
         let c = NameGuard::new(["password"]);
         let w = what(&p, &c, MultipartPolicy::Remove);
-        let out = inspect(&BodyKind::Json, Bytes::from(r#"{"user":{"Password":"x"},"username":"bob"}"#), &w)
-            .await
-            .unwrap();
+        let out = inspect(
+            &BodyKind::Json,
+            Bytes::from(r#"{"user":{"Password":"x"},"username":"bob"}"#),
+            &w,
+        )
+        .await
+        .unwrap();
         assert!(out.credentials);
         assert_eq!(out.subject.as_deref(), Some("bob"));
-        let out = inspect(&BodyKind::Json, Bytes::from(r#"{"q":1}"#), &w).await.unwrap();
+        let out = inspect(&BodyKind::Json, Bytes::from(r#"{"q":1}"#), &w)
+            .await
+            .unwrap();
         assert!(!out.credentials);
-        let out = inspect(&BodyKind::Json, Bytes::from("{password: 1}"), &w).await.unwrap();
-        assert!(out.credentials, "unparseable JSON counts as a login attempt");
+        let out = inspect(&BodyKind::Json, Bytes::from("{password: 1}"), &w)
+            .await
+            .unwrap();
+        assert!(
+            out.credentials,
+            "unparseable JSON counts as a login attempt"
+        );
     }
 
     #[test]

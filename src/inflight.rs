@@ -199,12 +199,22 @@ mod tests {
         let other = f.admit(key(1)).unwrap();
         let f2 = f.clone();
         let closing = tokio::spawn(async move {
-            let c = f2.close(&login, Duration::from_secs(5)).await.map(|c| c.cancelled);
+            let c = f2
+                .close(&login, Duration::from_secs(5))
+                .await
+                .map(|c| c.cancelled);
             (c, login)
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!closing.is_finished(), "the login must wait for the other request");
-        assert_eq!(f.admit(key(1)).err(), Some(Closed), "new requests are refused");
+        assert!(
+            !closing.is_finished(),
+            "the login must wait for the other request"
+        );
+        assert_eq!(
+            f.admit(key(1)).err(),
+            Some(Closed),
+            "new requests are refused"
+        );
         assert!(f.admit(key(2)).is_ok(), "other sessions are not affected");
         drop(other);
         let (cancelled, login) = closing.await.unwrap();
@@ -225,13 +235,19 @@ mod tests {
         let closing = f.close(&login, Duration::from_secs(2)).await.unwrap();
         assert_eq!(closing.cancelled, 1);
         held.await.unwrap();
-        assert!(f.admit(key(1)).is_err(), "still closed while the login runs");
+        assert!(
+            f.admit(key(1)).is_err(),
+            "still closed while the login runs"
+        );
         drop(closing);
         drop(login);
         assert!(f.is_empty(), "no state left for idle sessions");
         let mut fresh = f.admit(key(1)).unwrap();
         let not_cancelled = tokio::time::timeout(Duration::from_secs(1), fresh.cancelled()).await;
-        assert!(not_cancelled.is_err(), "a request after the login is not cancelled");
+        assert!(
+            not_cancelled.is_err(),
+            "a request after the login is not cancelled"
+        );
     }
 
     #[tokio::test]

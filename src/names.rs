@@ -252,10 +252,24 @@ mod tests {
             b"connect_sid",
             b"CONNECT.SID",
         ] {
-            assert!(g.matches(n), "{:?} should read as vaulted", String::from_utf8_lossy(n));
+            assert!(
+                g.matches(n),
+                "{:?} should read as vaulted",
+                String::from_utf8_lossy(n)
+            );
         }
-        for n in [&b"PHPSESSID2"[..], b"sid", b"my_sid_2", b"xPHPSESSID", b"theme"] {
-            assert!(!g.matches(n), "{:?} is not vaulted", String::from_utf8_lossy(n));
+        for n in [
+            &b"PHPSESSID2"[..],
+            b"sid",
+            b"my_sid_2",
+            b"xPHPSESSID",
+            b"theme",
+        ] {
+            assert!(
+                !g.matches(n),
+                "{:?} is not vaulted",
+                String::from_utf8_lossy(n)
+            );
         }
     }
 

@@ -371,7 +371,9 @@ impl Sessions {
         now: u64,
     ) -> Result<HeaderValue, ProxyError> {
         let Some(cur) = cur else {
-            return Err(ProxyError::Internal("an undecided rotation needs a session".into()));
+            return Err(ProxyError::Internal(
+                "an undecided rotation needs a session".into(),
+            ));
         };
         let (id, key) = self.mint();
         let rotation = Rotation {

@@ -88,7 +88,9 @@ impl Rule {
         let folded = crate::canon::rule_path(path);
         match &self.path {
             PathMatch::Exact(p) => folded == *p,
-            PathMatch::Prefix(p) => folded.starts_with(p.as_str()) || path.to_lowercase().starts_with(p.as_str()),
+            PathMatch::Prefix(p) => {
+                folded.starts_with(p.as_str()) || path.to_lowercase().starts_with(p.as_str())
+            }
             PathMatch::Regex(r) => r.is_match(path) || r.is_match(&folded),
         }
     }
@@ -191,7 +193,10 @@ mod tests {
         assert!(r.matches_request(&Method::POST, "/login"));
         assert!(r.matches_request(&Method::POST, "/Login/"));
         assert!(r.matches_request(&Method::POST, "/LOGIN"));
-        assert!(!r.matches_request(&Method::GET, "/login"), "methods listed: only those");
+        assert!(
+            !r.matches_request(&Method::GET, "/login"),
+            "methods listed: only those"
+        );
         assert!(!r.matches_request(&Method::POST, "/login/x"));
         let any = Rule {
             methods: vec![],

@@ -152,7 +152,10 @@ impl AppState {
         let mut route_name = "-".to_owned();
         let result = match read_request(&req) {
             Err(e) => Err(e),
-            Ok(canon) => match self.router.route(canon.host.as_ref().map(|h| h.name.as_str()), &canon.target.path) {
+            Ok(canon) => match self.router.route(
+                canon.host.as_ref().map(|h| h.name.as_str()),
+                &canon.target.path,
+            ) {
                 None => Err(ProxyError::NoRoute),
                 Some(route) => {
                     let route = route.clone();
@@ -171,7 +174,8 @@ impl AppState {
             warn!(route = %route_name, %method, path = %raw_path, side = ?e.side(), error = %e, "request failed");
             e.into_response()
         });
-        self.metrics.count_request(&route_name, resp.status().as_u16());
+        self.metrics
+            .count_request(&route_name, resp.status().as_u16());
         let upstream_ms = resp
             .extensions()
             .get::<UpstreamTime>()
@@ -225,12 +229,18 @@ impl AppState {
     /// Route-level refusals and removals that do not depend on the session.
     fn check_route(&self, route: &Route, req: &mut Request<Incoming>) -> Result<(), ProxyError> {
         let m = req.method().as_str();
-        if !route.allow_trace && (m.eq_ignore_ascii_case("TRACE") || m.eq_ignore_ascii_case("TRACK")) {
+        if !route.allow_trace
+            && (m.eq_ignore_ascii_case("TRACE") || m.eq_ignore_ascii_case("TRACK"))
+        {
             // The app would echo the request, vault cookies included.
-            return Err(ProxyError::MethodNotAllowed("TRACE and TRACK echo the request"));
+            return Err(ProxyError::MethodNotAllowed(
+                "TRACE and TRACK echo the request",
+            ));
         }
         if req.method() == Method::CONNECT {
-            return Err(ProxyError::MethodNotAllowed("CONNECT has no place behind a reverse proxy"));
+            return Err(ProxyError::MethodNotAllowed(
+                "CONNECT has no place behind a reverse proxy",
+            ));
         }
         if !route.forward_underscore_headers {
             let n = canon::drop_underscore_headers(req.headers_mut());
@@ -252,7 +262,8 @@ impl AppState {
         if route.protected.is_empty() {
             session::strip_proxy_cookie(req.headers_mut(), cookie_name);
         } else {
-            let split = session::split_request_cookies(req.headers(), cookie_name, &route.protected);
+            let split =
+                session::split_request_cookies(req.headers(), cookie_name, &route.protected);
             self.count_cookie_drops(&split);
             let joined = session::join_pairs(split.kept.iter().copied());
             session::set_cookie_request_header(req.headers_mut(), joined);
@@ -270,19 +281,32 @@ impl AppState {
             has_body: canon.has_body,
         };
         let up_req = upstream::prepare_request(route, &conn, parts, body, &out)?;
-        let mut resp = self.send(route, up_req, upgrade.as_deref(), client_upgrade).await?;
+        let mut resp = self
+            .send(route, up_req, upgrade.as_deref(), client_upgrade)
+            .await?;
         if !route.protected.is_empty() {
-            let dropped = vault::capture(resp.headers_mut(), &route.protected, cookie_name, &canon.target.path, now_ms());
+            let dropped = vault::capture(
+                resp.headers_mut(),
+                &route.protected,
+                cookie_name,
+                &canon.target.path,
+                now_ms(),
+            );
             if !dropped.is_empty() {
                 warn!(route = %route.name, count = dropped.len(), "dropped the app's session Set-Cookie on a route without session protection");
-                self.metrics.count_removed("protected_set_cookie", dropped.len());
+                self.metrics
+                    .count_removed("protected_set_cookie", dropped.len());
             }
         }
         harden_set_cookies(route, resp.headers_mut());
         Ok(resp)
     }
 
-    async fn proxy_session(&self, mut ctx: Ctx<'_>, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    async fn proxy_session(
+        &self,
+        mut ctx: Ctx<'_>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Body>, ProxyError> {
         self.session_cookies(&mut ctx, &req);
         self.admit_and_resolve(&mut ctx).await?;
         let upgrade = upstream::requested_upgrade(&req, &ctx.route.upgrades);
@@ -301,7 +325,8 @@ impl AppState {
                 self.check_still_current(&mut ctx).await?;
             }
             let up_req = self.build_upstream(&ctx, parts, body, upgrade.as_deref())?;
-            self.send_admitted(&mut ctx, up_req, upgrade.as_deref(), client_upgrade).await
+            self.send_admitted(&mut ctx, up_req, upgrade.as_deref(), client_upgrade)
+                .await
         }
         .await;
         let mut resp = match sent {
@@ -309,7 +334,9 @@ impl AppState {
             Err(e) => {
                 // Only when the app certainly never saw the login is the claim released;
                 // otherwise it runs out and the session dies (fail closed).
-                if ctx.claimed && !matches!(e, ProxyError::Upstream(_) | ProxyError::UpstreamTimeout(_)) {
+                if ctx.claimed
+                    && !matches!(e, ProxyError::Upstream(_) | ProxyError::UpstreamTimeout(_))
+                {
                     if let Some(cur) = ctx.current() {
                         self.sessions.release_login(cur).await?;
                     }
@@ -333,7 +360,11 @@ impl AppState {
 
     /// Phase: the Cookie header, read strictly.
     fn session_cookies(&self, ctx: &mut Ctx<'_>, req: &Request<Incoming>) {
-        let split = session::split_request_cookies(req.headers(), &self.sessions.cfg.cookie_name, &ctx.route.protected);
+        let split = session::split_request_cookies(
+            req.headers(),
+            &self.sessions.cfg.cookie_name,
+            &ctx.route.protected,
+        );
         self.count_cookie_drops(&split);
         if split.protected > 0 {
             debug!(route = %ctx.route.name, count = split.protected, "removed client cookies named like a vaulted cookie");
@@ -344,10 +375,15 @@ impl AppState {
 
     fn count_cookie_drops(&self, split: &session::RequestCookies<'_>) {
         if split.malformed > 0 {
-            debug!(count = split.malformed, "dropped malformed Cookie pairs (values not logged)");
+            debug!(
+                count = split.malformed,
+                "dropped malformed Cookie pairs (values not logged)"
+            );
         }
-        self.metrics.count_removed("malformed_cookie", split.malformed);
-        self.metrics.count_removed("protected_cookie", split.protected);
+        self.metrics
+            .count_removed("malformed_cookie", split.malformed);
+        self.metrics
+            .count_removed("protected_cookie", split.protected);
     }
 
     /// Phase: admit the presented ID (before reading its session, so that a login can
@@ -364,7 +400,12 @@ impl AppState {
         }
         ctx.resolved = self
             .sessions
-            .resolve(&ctx.presented, &ctx.route.name, ctx.now, ctx.rs.on_store_failure)
+            .resolve(
+                &ctx.presented,
+                &ctx.route.name,
+                ctx.now,
+                ctx.rs.on_store_failure,
+            )
             .await?;
         Ok(())
     }
@@ -393,14 +434,19 @@ impl AppState {
         let inspected = forms::inspect(&kind, bytes, &what).await.map_err(|e| {
             debug!(route = %ctx.route.name, error = %e, "refused a form body");
             ProxyError::BadRequest(match e {
-                forms::FormError::ProtectedPart => "a multipart part is named like a vaulted session cookie",
-                forms::FormError::Unencodable => "a multipart part name cannot be forwarded unambiguously",
+                forms::FormError::ProtectedPart => {
+                    "a multipart part is named like a vaulted session cookie"
+                }
+                forms::FormError::Unencodable => {
+                    "a multipart part name cannot be forwarded unambiguously"
+                }
                 forms::FormError::Multipart(_) => "the multipart body could not be parsed",
             })
         })?;
         if inspected.removed > 0 {
             debug!(route = %ctx.route.name, "removed a vaulted session ID from a form body");
-            self.metrics.count_removed("protected_field", inspected.removed);
+            self.metrics
+                .count_removed("protected_field", inspected.removed);
         }
         ctx.attempt |= inspected.credentials;
         ctx.subject = inspected.subject;
@@ -438,10 +484,14 @@ impl AppState {
         let (Some(cur), Some(ticket)) = (ctx.resolved.current.as_ref(), ctx.ticket.as_ref()) else {
             return Ok(());
         };
-        let closing = self.inflight.close(ticket, LOGIN_DRAIN).await.map_err(|_| {
-            self.sessions.counters().login_conflicts.inc();
-            ProxyError::LoginInProgress
-        })?;
+        let closing = self
+            .inflight
+            .close(ticket, LOGIN_DRAIN)
+            .await
+            .map_err(|_| {
+                self.sessions.counters().login_conflicts.inc();
+                ProxyError::LoginInProgress
+            })?;
         if closing.cancelled > 0 {
             warn!(route = %ctx.route.name, id_hash = %cur.key, count = closing.cancelled, "a login cancelled requests still in flight on its session");
             self.sessions
@@ -450,7 +500,9 @@ impl AppState {
                 .inc_by(u64::try_from(closing.cancelled).unwrap_or(u64::MAX));
         }
         ctx.closing = Some(closing);
-        self.sessions.claim_login(cur, ctx.route.response_timeout, ctx.now).await?;
+        self.sessions
+            .claim_login(cur, ctx.route.response_timeout, ctx.now)
+            .await?;
         ctx.claimed = true;
         Ok(())
     }
@@ -469,14 +521,17 @@ impl AppState {
     /// The canonical path and query for the app: vaulted `;params` and query fields
     /// removed, other `;params` only with `keep_path_params`.
     fn forwarded_target(&self, route: &Route, protected: &NameGuard, target: &Target) -> String {
-        let path = target.path_with_params(|p| route.keep_path_params && !vault::is_protected_param(p, protected));
+        let path = target.path_with_params(|p| {
+            route.keep_path_params && !vault::is_protected_param(p, protected)
+        });
         let removed_params = target
             .segments
             .iter()
             .flat_map(|s| &s.params)
             .filter(|p| vault::is_protected_param(p, protected))
             .count();
-        self.metrics.count_removed("protected_path_param", removed_params);
+        self.metrics
+            .count_removed("protected_path_param", removed_params);
         match &target.query {
             None => path,
             Some(q) => {
@@ -521,7 +576,10 @@ impl AppState {
             None => Vec::new(),
         };
         pairs.extend(ctx.kept.iter().cloned());
-        session::set_cookie_request_header(&mut parts.headers, session::join_pairs(pairs.iter().map(Vec::as_slice)));
+        session::set_cookie_request_header(
+            &mut parts.headers,
+            session::join_pairs(pairs.iter().map(Vec::as_slice)),
+        );
         let out = Outgoing {
             path_and_query: &pq,
             host: ctx.canon.host.as_ref(),
@@ -600,7 +658,11 @@ impl AppState {
     }
 
     /// Phase: the rule's outcome, read from the response head and a capped body peek.
-    async fn evaluate(&self, ctx: &mut Ctx<'_>, resp: &mut Response<Body>) -> Result<Outcome, ProxyError> {
+    async fn evaluate(
+        &self,
+        ctx: &mut Ctx<'_>,
+        resp: &mut Response<Body>,
+    ) -> Result<Outcome, ProxyError> {
         let rule = ctx.login.or(ctx.logout);
         let outcome = match rule {
             // A credential field without a rule: nothing says how it went.
@@ -609,10 +671,13 @@ impl AppState {
             Some(rule) => {
                 let mut head = Bytes::new();
                 if rule.needs_body() {
-                    let (parts, body) = std::mem::replace(resp, Response::new(crate::full_body(Bytes::new()))).into_parts();
-                    let (peeked, body) = crate::body::peek(body, rule.body_peek, ctx.route.body_idle_timeout)
-                        .await
-                        .map_err(ProxyError::Upstream)?;
+                    let (parts, body) =
+                        std::mem::replace(resp, Response::new(crate::full_body(Bytes::new())))
+                            .into_parts();
+                    let (peeked, body) =
+                        crate::body::peek(body, rule.body_peek, ctx.route.body_idle_timeout)
+                            .await
+                            .map_err(ProxyError::Upstream)?;
                     *resp = Response::from_parts(parts, body);
                     head = peeked;
                 }
@@ -624,7 +689,11 @@ impl AppState {
             }
         };
         if let Some(SubjectSource::ResponseHeader(h)) = ctx.login.and_then(|r| r.subject.as_ref()) {
-            ctx.subject = resp.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            ctx.subject = resp
+                .headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
         }
         Ok(outcome)
     }
@@ -645,11 +714,19 @@ impl AppState {
             match outcome {
                 Outcome::Success => {
                     c.login_success.inc();
-                    Some(sessions.login(current, changes, ctx.subject.clone(), route, ctx.now).await?)
+                    Some(
+                        sessions
+                            .login(current, changes, ctx.subject.clone(), route, ctx.now)
+                            .await?,
+                    )
                 }
                 Outcome::Undecided if undecided == Undecided::Rotate && current.is_some() => {
                     c.login_no_match.inc();
-                    Some(sessions.rotate_undecided(current, changes, route, ctx.now).await?)
+                    Some(
+                        sessions
+                            .rotate_undecided(current, changes, route, ctx.now)
+                            .await?,
+                    )
                 }
                 outcome => {
                     if outcome == Outcome::Failure {
@@ -660,7 +737,9 @@ impl AppState {
                     if let (true, Some(cur)) = (ctx.claimed, current) {
                         sessions.release_login(cur).await?;
                     }
-                    sessions.after_response(current, changes, route, ctx.now).await?
+                    sessions
+                        .after_response(current, changes, route, ctx.now)
+                        .await?
                 }
             }
         } else if let (Some(rule), Outcome::Success) = (ctx.logout, outcome) {
@@ -670,9 +749,15 @@ impl AppState {
             }
             Some(sessions.logout(current, route, ctx.now).await?)
         } else {
-            sessions.after_response(current, changes, route, ctx.now).await?
+            sessions
+                .after_response(current, changes, route, ctx.now)
+                .await?
         };
-        Ok(set_cookie.or_else(|| ctx.resolved.expire_cookie.then(|| sessions.expired_cookie())))
+        Ok(set_cookie.or_else(|| {
+            ctx.resolved
+                .expire_cookie
+                .then(|| sessions.expired_cookie())
+        }))
     }
 }
 
@@ -680,21 +765,30 @@ impl AppState {
 fn read_request(req: &Request<Incoming>) -> Result<Canonical, ProxyError> {
     let host = canon::request_host(req).map_err(ProxyError::BadRequest)?;
     if req.uri().path() == "*" || req.uri().path().is_empty() {
-        return Err(ProxyError::BadRequest("asterisk- and authority-form targets are not accepted"));
+        return Err(ProxyError::BadRequest(
+            "asterisk- and authority-form targets are not accepted",
+        ));
     }
-    let target = canon::target(req.uri().path(), req.uri().query()).map_err(ProxyError::BadRequest)?;
+    let target =
+        canon::target(req.uri().path(), req.uri().query()).map_err(ProxyError::BadRequest)?;
     match canon::check_framing(req.headers()) {
         Ok(()) => {}
         Err(FramingError::Bad(r)) => return Err(ProxyError::BadRequest(r)),
         Err(FramingError::UnsupportedCoding) => {
-            return Err(ProxyError::NotImplemented("only the chunked transfer coding is accepted"))
+            return Err(ProxyError::NotImplemented(
+                "only the chunked transfer coding is accepted",
+            ))
         }
     }
     check_header_values(req)?;
     let has_body = req.headers().contains_key(header::CONTENT_LENGTH)
         || req.headers().contains_key(header::TRANSFER_ENCODING)
         || !req.body().is_end_stream();
-    Ok(Canonical { host, target, has_body })
+    Ok(Canonical {
+        host,
+        target,
+        has_body,
+    })
 }
 
 /// Header values an HTTP/1 back end would read differently from how they arrived: an
@@ -707,13 +801,17 @@ fn check_header_values(req: &Request<Incoming>) -> Result<(), ProxyError> {
             matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
         });
         if padded {
-            return Err(ProxyError::BadRequest("an HTTP/2 header value with surrounding whitespace"));
+            return Err(ProxyError::BadRequest(
+                "an HTTP/2 header value with surrounding whitespace",
+            ));
         }
     }
     for v in req.headers().get_all(header::CONTENT_LENGTH) {
         let b = v.as_bytes();
         if b.len() > 1 && b[0] == b'0' || !b.iter().all(u8::is_ascii_digit) {
-            return Err(ProxyError::BadRequest("a Content-Length that is not plain decimal"));
+            return Err(ProxyError::BadRequest(
+                "a Content-Length that is not plain decimal",
+            ));
         }
     }
     Ok(())
@@ -728,7 +826,9 @@ async fn read_whole(route: &Route, body: Body) -> Result<Bytes, ProxyError> {
             limit: route.max_request_body,
         }),
         Ok(Err(_)) => Err(ProxyError::BadRequest("the request body could not be read")),
-        Err(_) => Err(ProxyError::BadRequest("the request body was not sent in time")),
+        Err(_) => Err(ProxyError::BadRequest(
+            "the request body was not sent in time",
+        )),
     }
 }
 
@@ -739,12 +839,35 @@ struct UpstreamTime(std::time::Duration);
 
 /// Phase: harden the app's cookies, then add ours.
 fn finish(route: &Route, resp: &mut Response<Body>, set_cookie: Option<HeaderValue>) {
+    strip_location(route, resp);
     harden_set_cookies(route, resp.headers_mut());
     if let Some(c) = set_cookie {
         let h = resp.headers_mut();
         h.append(header::SET_COOKIE, c);
         // A response carrying a session cookie must never be served from a cache.
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+}
+
+/// A `Location` carrying a vaulted session ID (URL rewriting) loses it.
+fn strip_location(route: &Route, resp: &mut Response<Body>) {
+    let Some(loc) = resp
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    if let Some(stripped) = vault::strip_location(loc, &route.protected) {
+        match HeaderValue::from_str(&stripped) {
+            Ok(v) => {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            Err(_) => {
+                resp.headers_mut().remove(header::LOCATION);
+            }
+        }
+        debug!(route = %route.name, "removed a vaulted session ID from Location");
     }
 }
 

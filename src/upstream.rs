@@ -238,7 +238,12 @@ pub fn prepare_request(
             .map_err(|_| ProxyError::Internal("upstream authority is not a header value".into()))?,
     };
     h.insert(header::HOST, host_value);
-    set_forwarded(h, route.forwarded, conn, out.host.map(|h| h.header.as_str()));
+    set_forwarded(
+        h,
+        route.forwarded,
+        conn,
+        out.host.map(|h| h.header.as_str()),
+    );
     // Framing in canonical form only: a length in plain decimal (never `0005`), or none
     // and chunked.
     h.remove(header::CONTENT_LENGTH);

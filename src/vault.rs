@@ -105,7 +105,9 @@ fn change_for(c: &SetCookie<'_>, request_path: &str, now_ms: u64) -> Option<Vaul
     let expires_at = match (max_age, expires) {
         (Some(secs), _) if secs <= 0 => return Some(VaultChange::Remove { name, path }),
         // An app-supplied Max-Age can be anything: saturate, never overflow.
-        (Some(secs), _) => Some(now_ms.saturating_add(u64::try_from(secs).unwrap_or(0).saturating_mul(1000))),
+        (Some(secs), _) => {
+            Some(now_ms.saturating_add(u64::try_from(secs).unwrap_or(0).saturating_mul(1000)))
+        }
         (None, Some(at)) if at <= now_ms => return Some(VaultChange::Remove { name, path }),
         (None, at) => at,
     };
@@ -191,6 +193,62 @@ pub fn strip_fields(s: &[u8], protected: &NameGuard) -> Option<Vec<u8>> {
         }
         out.extend_from_slice(field);
         pending = Some(sep);
+    }
+    changed.then_some(out)
+}
+
+/// Removes vaulted names from a response's `Location` (`;jsessionid=` path parameters and
+/// query fields that URL-rewriting apps such as Tomcat add): the browser must never read
+/// the app's session ID. Returns the new value when something was removed.
+pub fn strip_location(location: &str, protected: &NameGuard) -> Option<String> {
+    if protected.is_empty() {
+        return None;
+    }
+    let (rest, fragment) = match location.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (location, None),
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    let mut changed = false;
+    let segments: Vec<String> = path
+        .split('/')
+        .map(|seg| {
+            let mut parts = seg.split(';');
+            let head = parts.next().unwrap_or_default();
+            let mut out = head.to_owned();
+            for p in parts {
+                if is_protected_param(p, protected) {
+                    changed = true;
+                } else {
+                    out.push(';');
+                    out.push_str(p);
+                }
+            }
+            out
+        })
+        .collect();
+    let mut out = segments.join("/");
+    if let Some(q) = query {
+        match strip_fields(q.as_bytes(), protected) {
+            Some(stripped) => {
+                changed = true;
+                if !stripped.is_empty() {
+                    out.push('?');
+                    out.push_str(&String::from_utf8_lossy(&stripped));
+                }
+            }
+            None => {
+                out.push('?');
+                out.push_str(q);
+            }
+        }
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
     }
     changed.then_some(out)
 }
@@ -318,6 +376,20 @@ mod tests {
         assert_eq!(strip("PHPSESSID[x]=1").as_deref(), Some(""));
         assert_eq!(strip("username=alice"), None);
         assert_eq!(strip("a=1&&b=2"), None);
+    }
+
+    #[test]
+    fn locations_lose_vaulted_ids() {
+        let g = guard();
+        assert_eq!(
+            strip_location("/account;jsessionid=ABC?x=1&PHPSESSID=2#top", &g).as_deref(),
+            Some("/account?x=1#top")
+        );
+        assert_eq!(
+            strip_location("https://h/a;jsessionid=ABC", &g).as_deref(),
+            Some("https://h/a")
+        );
+        assert_eq!(strip_location("/account?x=1", &g), None);
     }
 
     #[test]

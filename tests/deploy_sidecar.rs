@@ -144,6 +144,9 @@ const COUNTERS_AND_GAUGES: &[&str] = &[
     "sessiongate_vault_cookies_captured_total",
     "sessiongate_login_rule_matches_total",
     "sessiongate_login_conflicts_total",
+    "sessiongate_login_cancelled_requests_total",
+    "sessiongate_rejected_requests_total",
+    "sessiongate_removed_request_parts_total",
     "sessiongate_store_errors_total",
     "sessiongate_cache_hits_total",
     "sessiongate_cache_misses_total",
@@ -184,6 +187,10 @@ fn the_metric_list_matches_what_the_code_exports() {
     m.reloads
         .get_or_create(&OutcomeLabel { outcome: "success" })
         .inc();
+    m.rejected
+        .get_or_create(&sessiongate::telemetry::ReasonLabel { reason: "r" })
+        .inc();
+    m.count_removed("malformed_cookie", 1);
     let rendered = m.render();
     let mut exported = BTreeSet::new();
     for line in rendered.lines() {

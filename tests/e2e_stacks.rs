@@ -64,7 +64,10 @@ impl Stack {
 
     /// The login answers 302 to /account (else 200 "Welcome back, <user>").
     fn redirects_on_login(self) -> bool {
-        matches!(self, Stack::Php | Stack::Express | Stack::FlaskLogin | Stack::Tomcat)
+        matches!(
+            self,
+            Stack::Php | Stack::Express | Stack::FlaskLogin | Stack::Tomcat
+        )
     }
 
     fn failure_text(self) -> &'static str {
@@ -159,7 +162,10 @@ clear_site_data = true
 
     fn assert_login_ok(self, r: &Reply, user: &str) {
         if self.redirects_on_login() {
-            assert_eq!(r.status, 302, "{self:?} login of {user} should redirect: {r:?}");
+            assert_eq!(
+                r.status, 302,
+                "{self:?} login of {user} should redirect: {r:?}"
+            );
             let to = r.headers.get("location").map(|v| v.to_str().unwrap());
             assert!(
                 to.is_some_and(|l| l.starts_with("/account")),
@@ -172,7 +178,10 @@ clear_site_data = true
     }
 
     fn assert_login_failed(self, r: &Reply) {
-        assert_eq!(r.status, 200, "a failed login answers 200 on every stack: {r:?}");
+        assert_eq!(
+            r.status, 200,
+            "a failed login answers 200 on every stack: {r:?}"
+        );
         let text = r.text();
         assert!(text.contains(self.failure_text()), "{self:?}: {text:?}");
     }
@@ -302,7 +311,10 @@ impl App {
             }
             Stack::Express => (
                 interpreter("SESSIONGATE_E2E_NODE", "node"),
-                vec![apps.join("express/server.js").display().to_string(), port.to_string()],
+                vec![
+                    apps.join("express/server.js").display().to_string(),
+                    port.to_string(),
+                ],
             ),
             Stack::Tomcat => (
                 "sh".to_owned(),
@@ -640,17 +652,34 @@ struct Variant {
 }
 
 const fn v(method: &'static str, target: &'static str) -> Variant {
-    Variant { method, target, body: None }
+    Variant {
+        method,
+        target,
+        body: None,
+    }
 }
 
 impl Stack {
     /// The variants that log alice in on this stack, measured against the real servers.
     fn login_variants(self) -> Vec<Variant> {
-        let multipart = Variant { method: "POST", target: "/login", body: Some("multipart") };
+        let multipart = Variant {
+            method: "POST",
+            target: "/login",
+            body: Some("multipart"),
+        };
         match self {
-            Stack::Express => vec![v("POST", "/Login"), v("POST", "/LOGIN"), v("POST", "/login/")],
+            Stack::Express => vec![
+                v("POST", "/Login"),
+                v("POST", "/LOGIN"),
+                v("POST", "/login/"),
+            ],
             Stack::Django | Stack::Flask | Stack::FlaskLogin => {
-                vec![v("POST", "//login"), v("POST", "/l%6Fgin"), v("post", "/login"), multipart]
+                vec![
+                    v("POST", "//login"),
+                    v("POST", "/l%6Fgin"),
+                    v("post", "/login"),
+                    multipart,
+                ]
             }
             Stack::Tomcat => vec![
                 v("POST", "//login"),
@@ -702,7 +731,11 @@ async fn login_variants_rotate(stack: Stack) {
         send_variant(&mut victim, &variant).await;
         let mut attacker = Browser::direct(app.addr);
         attacker.plant(stack.app_cookie(), &id);
-        assert_eq!(whoami(&mut attacker).await, "alice", "{what} should log in directly");
+        assert_eq!(
+            whoami(&mut attacker).await,
+            "alice",
+            "{what} should log in directly"
+        );
 
         // Through sessiongate: the planted ID is worthless afterwards.
         let mut attacker = Browser::new(&proxy);
@@ -712,10 +745,22 @@ async fn login_variants_rotate(stack: Stack) {
         victim.plant(SG, &planted);
         let r = send_variant(&mut victim, &variant).await;
         assert!(r.status.as_u16() < 500, "{what}: {r:?}");
-        assert_eq!(whoami(&mut attacker).await, "anonymous", "{what}: the planted ID became alice's");
+        assert_eq!(
+            whoami(&mut attacker).await,
+            "anonymous",
+            "{what}: the planted ID became alice's"
+        );
         if r.status != 400 {
-            assert_ne!(victim.cookie(SG), Some(planted.as_str()), "{what} must rotate {SG}");
-            assert_eq!(whoami(&mut victim).await, "alice", "{what}: the victim is logged in");
+            assert_ne!(
+                victim.cookie(SG),
+                Some(planted.as_str()),
+                "{what} must rotate {SG}"
+            );
+            assert_eq!(
+                whoami(&mut victim).await,
+                "alice",
+                "{what}: the victim is logged in"
+            );
         }
     }
 }
@@ -730,8 +775,15 @@ async fn credential_fields_catch_unnamed_logins(stack: Stack) {
     let planted = sg(&attacker);
     let mut victim = Browser::new(&proxy);
     victim.plant(SG, &planted);
-    stack.assert_login_ok(&login(&mut victim, "/login", "alice", "wonderland").await, "alice");
-    assert_ne!(victim.cookie(SG), Some(planted.as_str()), "a credential field must rotate {SG}");
+    stack.assert_login_ok(
+        &login(&mut victim, "/login", "alice", "wonderland").await,
+        "alice",
+    );
+    assert_ne!(
+        victim.cookie(SG),
+        Some(planted.as_str()),
+        "a credential field must rotate {SG}"
+    );
     assert_eq!(whoami(&mut victim).await, "alice");
     assert_eq!(whoami(&mut attacker).await, "anonymous");
 }
@@ -743,7 +795,11 @@ async fn plain_route_to_the_same_app_filters_the_vault(stack: Stack) {
     let mut direct = Browser::direct(app.addr);
     direct.plant(stack.app_cookie(), &id);
     let sid = stack.session_of(&id);
-    assert_eq!(direct.get("/sid").await.text().trim(), sid, "directly, /sid runs on the planted id");
+    assert_eq!(
+        direct.get("/sid").await.text().trim(),
+        sid,
+        "directly, /sid runs on the planted id"
+    );
 
     let config = format!(
         "{}\n[[routes]]\nname = \"plain\"\npath_prefix = \"/sid\"\nupstream = \"http://{}\"\n",
@@ -755,13 +811,22 @@ async fn plain_route_to_the_same_app_filters_the_vault(stack: Stack) {
     victim.plant(stack.app_cookie(), &id);
     let r = victim.get("/sid").await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_ne!(r.text().trim(), sid, "the planted app cookie reached the app on a plain route");
+    assert_ne!(
+        r.text().trim(),
+        sid,
+        "the planted app cookie reached the app on a plain route"
+    );
     assert!(
         victim.cookie(stack.app_cookie()).is_none_or(|v| v == id),
         "the app's session cookie reached the browser on a plain route: {:?}",
         victim.jar
     );
-    assert!(r.set_cookies().iter().all(|c| !c.starts_with(stack.app_cookie())), "{r:?}");
+    assert!(
+        r.set_cookies()
+            .iter()
+            .all(|c| !c.starts_with(stack.app_cookie())),
+        "{r:?}"
+    );
 }
 
 /// Class 4: a request held open with the planted ID across the victim's login is never
@@ -789,11 +854,20 @@ async fn request_in_flight_across_the_login(stack: Stack) {
     let mut victim = Browser::new(&proxy);
     victim.plant(SG, &planted);
     let started = Instant::now();
-    stack.assert_login_ok(&login(&mut victim, "/login", "alice", "wonderland").await, "alice");
-    assert!(started.elapsed() < Duration::from_secs(15), "the login waited too long");
+    stack.assert_login_ok(
+        &login(&mut victim, "/login", "alice", "wonderland").await,
+        "alice",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the login waited too long"
+    );
     let _ = tx.send(bytes::Bytes::from_static(b"67890")).await;
     let r = within("the held request", held).await.unwrap();
-    assert!(!r.text().contains("alice"), "the held request was answered as alice: {r:?}");
+    assert!(
+        !r.text().contains("alice"),
+        "the held request was answered as alice: {r:?}"
+    );
     assert_eq!(r.status, 409, "cancelled by the login: {r:?}");
     assert_eq!(whoami(&mut victim).await, "alice");
 }
@@ -863,7 +937,10 @@ stack_tests!(php, Stack::Php, {
                 req.unwrap()
             };
             Browser::direct(app.addr).send(make()).await;
-            assert!(app.php_saw_session_id(&id), "{target}: PHP should read it directly");
+            assert!(
+                app.php_saw_session_id(&id),
+                "{target}: PHP should read it directly"
+            );
             std::fs::remove_file(app.sessions_dir().join(format!("sess_{id}"))).unwrap();
             let r = Browser::new(&proxy).send(make()).await;
             assert!(r.status.as_u16() < 500, "{r:?}");
@@ -875,14 +952,29 @@ stack_tests!(php, Stack::Php, {
     /// `my_sid`.
     #[tokio::test]
     async fn mangled_cookie_names_are_dropped() {
-        let app = within("starting the app", App::start_with(Stack::Php, &["-d", "session.name=my_sid"])).await;
-        let proxy = Proxy::start(&Stack::Php.config(&app).replace("\"PHPSESSID\"", "\"my_sid\"")).await;
-        for (i, name) in ["my.sid", "my sid", "my[sid", "my%2Esid"].into_iter().enumerate() {
+        let app = within(
+            "starting the app",
+            App::start_with(Stack::Php, &["-d", "session.name=my_sid"]),
+        )
+        .await;
+        let proxy = Proxy::start(
+            &Stack::Php
+                .config(&app)
+                .replace("\"PHPSESSID\"", "\"my_sid\""),
+        )
+        .await;
+        for (i, name) in ["my.sid", "my sid", "my[sid", "my%2Esid"]
+            .into_iter()
+            .enumerate()
+        {
             let id = format!("attackermangled{i}");
             let line = format!("{name}={id}");
             let make = |line: &str| {
                 Request::get("/whoami")
-                    .header("cookie", http::HeaderValue::from_bytes(line.as_bytes()).unwrap())
+                    .header(
+                        "cookie",
+                        http::HeaderValue::from_bytes(line.as_bytes()).unwrap(),
+                    )
                     .body(full_body(""))
                     .unwrap()
             };
@@ -894,7 +986,10 @@ stack_tests!(php, Stack::Php, {
             let _ = std::fs::remove_file(app.sessions_dir().join(format!("sess_{id}")));
             let r = Browser::new(&proxy).send(make(&line)).await;
             assert_eq!(r.status, 200, "{r:?}");
-            assert!(!app.php_saw_session_id(&id), "{name:?} reached PHP as my_sid");
+            assert!(
+                !app.php_saw_session_id(&id),
+                "{name:?} reached PHP as my_sid"
+            );
         }
     }
 
@@ -971,11 +1066,36 @@ stack_tests!(tomcat, Stack::Tomcat, {
         let (app, proxy) = start(Stack::Tomcat).await;
         let id = Stack::Tomcat.attacker_id(&app).await;
         let mut direct = Browser::direct(app.addr);
-        assert_eq!(direct.get(&format!("/sid;jsessionid={id}")).await.text().trim(), id);
+        assert_eq!(
+            direct
+                .get(&format!("/sid;jsessionid={id}"))
+                .await
+                .text()
+                .trim(),
+            id
+        );
         let mut victim = Browser::new(&proxy);
         let r = victim.get(&format!("/sid;jsessionid={id}")).await;
         assert_eq!(r.status, 200, "{r:?}");
         assert_ne!(r.text().trim(), id, "the ;jsessionid= reached Tomcat");
+
+        // URL rewriting: a first-visit login redirects to /account;jsessionid=<id>
+        // directly; through sessiongate the browser never reads the app's id.
+        let r = login(
+            &mut Browser::direct(app.addr),
+            "/login",
+            "alice",
+            "wonderland",
+        )
+        .await;
+        let location = r.headers["location"].to_str().unwrap().to_owned();
+        assert!(location.contains(";jsessionid="), "directly: {location}");
+        let r = login(&mut Browser::new(&proxy), "/login", "alice", "wonderland").await;
+        let location = r.headers["location"].to_str().unwrap().to_owned();
+        assert!(
+            location.starts_with("/account") && !location.contains("jsessionid"),
+            "{location}"
+        );
     }
 });
 stack_tests!(django, Stack::Django, {
@@ -985,15 +1105,25 @@ stack_tests!(django, Stack::Django, {
     async fn unicode_whitespace_and_last_duplicate_spellings_are_dropped() {
         let (app, proxy) = start(Stack::Django).await;
         let id = Stack::Django.attacker_id(&app).await;
-        for line in [format!("\u{a0}sessionid={id}"), format!("a=1; sessionid=x; sessionid={id}")] {
+        for line in [
+            format!("\u{a0}sessionid={id}"),
+            format!("a=1; sessionid=x; sessionid={id}"),
+        ] {
             let make = |line: &str| {
                 Request::get("/sid")
-                    .header("cookie", http::HeaderValue::from_bytes(line.as_bytes()).unwrap())
+                    .header(
+                        "cookie",
+                        http::HeaderValue::from_bytes(line.as_bytes()).unwrap(),
+                    )
                     .body(full_body(""))
                     .unwrap()
             };
             let mut direct = Browser::direct(app.addr);
-            assert_eq!(direct.send(make(&line)).await.text().trim(), id, "directly: {line:?}");
+            assert_eq!(
+                direct.send(make(&line)).await.text().trim(),
+                id,
+                "directly: {line:?}"
+            );
             let mut victim = Browser::new(&proxy);
             victim.get("/").await;
             let mut line_with_sg = format!("{SG}={}; ", sg(&victim));

@@ -958,7 +958,11 @@ fn validate_routes(raw: &[RawRoute], session: &SessionConfig, p: &mut Problems) 
                 strip_domain: r.cookies.strip_domain,
                 script_readable,
             },
-            upgrades: r.upgrades.iter().map(|u| u.0.to_ascii_lowercase()).collect(),
+            upgrades: r
+                .upgrades
+                .iter()
+                .map(|u| u.0.to_ascii_lowercase())
+                .collect(),
             allow_trace: r.allow_trace,
             forward_underscore_headers: r.forward_underscore_headers,
             keep_path_params: r.keep_path_params,
@@ -974,7 +978,10 @@ fn validate_routes(raw: &[RawRoute], session: &SessionConfig, p: &mut Problems) 
 /// the same upstream (scheme and authority), its own included.
 fn protect_shared_upstreams(routes: &mut [Route]) {
     let same_app = |a: &Upstream, b: &Upstream| {
-        a.scheme == b.scheme && a.authority.as_str().eq_ignore_ascii_case(b.authority.as_str())
+        a.scheme == b.scheme
+            && a.authority
+                .as_str()
+                .eq_ignore_ascii_case(b.authority.as_str())
     };
     let shared: Vec<NameGuard> = routes
         .iter()

@@ -180,7 +180,10 @@ fn strict_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
         [b'"', inner @ .., b'"'] => inner,
         v => v,
     };
-    inner.iter().all(|&b| is_cookie_octet(b)).then_some((name, value))
+    inner
+        .iter()
+        .all(|&b| is_cookie_octet(b))
+        .then_some((name, value))
 }
 
 /// RFC 9110 tchar.
@@ -315,7 +318,10 @@ mod tests {
 
     fn split(line: &str) -> (Presented, Vec<String>, usize, usize) {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_bytes(line.as_bytes()).unwrap());
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_bytes(line.as_bytes()).unwrap(),
+        );
         let s = split_request_cookies(&h, "sg", &guard());
         let kept = s
             .kept

@@ -398,13 +398,15 @@ impl Sessions {
         Ok(self.cookie_for(&id, cur.record.lifetime_start(), now))
     }
 
-    /// Whether a session loaded earlier is still the same: live, not claimed by a login,
-    /// not changed since (a request whose body took a while is checked again before the
-    /// app sees it with the vault).
+    /// Whether a session loaded earlier is still usable under its ID: live (or in a
+    /// periodic rotation's grace) and not claimed by a login. A request whose body took a
+    /// while is checked again before the app sees it with the vault, and one whose body
+    /// streamed to the app before its answer is released.
     pub async fn still_current(&self, cur: &Current) -> Result<bool, ProxyError> {
         Ok(match self.call("load", self.store.load(&cur.key)).await? {
-            Lookup::Live(r) => r.login_claim_until.is_none() && r.version == cur.record.version,
-            _ => false,
+            Lookup::Live(r) => r.login_claim_until.is_none(),
+            Lookup::Grace { .. } => true,
+            Lookup::Revoked(_) | Lookup::Missing => false,
         })
     }
 

@@ -344,6 +344,12 @@ impl AppState {
                 return Err(e);
             }
         };
+        if !buffered && ctx.canon.has_body && !ctx.claimed {
+            // The body streamed to the app, which may have read the session only once it
+            // was complete: if a login (on any replica) took the session meanwhile, the
+            // answer may be the victim's and must not reach this client.
+            self.check_still_current(&mut ctx).await?;
+        }
         let outcome = self.evaluate(&mut ctx, &mut resp).await?;
         let changes = vault::capture(
             resp.headers_mut(),
@@ -507,15 +513,24 @@ impl AppState {
         Ok(())
     }
 
-    /// A request whose body took time to arrive is forwarded with the vault only if its
-    /// session is still the same one (no login, logout or rotation meanwhile).
+    /// A request whose body took time to arrive is forwarded with the vault (or its
+    /// answer released) only if its session is still the same one: no login or logout
+    /// meanwhile. Across replicas the store read is at most `cache_ttl` old, and a login
+    /// is forwarded only `cache_ttl` after its claim, so a check made after the app
+    /// processed the login always sees it.
     async fn check_still_current(&self, ctx: &mut Ctx<'_>) -> Result<(), ProxyError> {
-        if let Some(cur) = ctx.resolved.current.as_ref() {
-            if !self.sessions.still_current(cur).await? {
-                return Err(ProxyError::SessionChanged);
+        let Some(cur) = ctx.resolved.current.as_ref() else {
+            return Ok(());
+        };
+        match self.sessions.still_current(cur).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ProxyError::SessionChanged),
+            // Such a route keeps serving known sessions through a store outage.
+            Err(_) if ctx.rs.on_store_failure == crate::config::StoreFailurePolicy::ServeCached => {
+                Ok(())
             }
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     /// The canonical path and query for the app: vaulted `;params` and query fields

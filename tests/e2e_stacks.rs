@@ -765,6 +765,53 @@ async fn login_variants_rotate(stack: Stack) {
     }
 }
 
+/// Class 1 on every stack: spellings of the app's cookie that its parser still reads as
+/// that cookie (whitespace around `=`, a quoted value) are shown read directly, and never
+/// reach the app through sessiongate.
+async fn cookie_spellings_are_dropped(stack: Stack) {
+    let (app, proxy) = start(stack).await;
+    let name = stack.app_cookie();
+    let mut read_directly = 0;
+    for spelling in ["{n} ={v}", "{n}= {v}", "{n}=\"{v}\"", " {n}={v} "] {
+        let id = stack.attacker_id(&app).await;
+        let sid = stack.session_of(&id);
+        let line = spelling.replace("{n}", name).replace("{v}", &id);
+        let make = |line: &str| {
+            Request::get("/sid")
+                .header("cookie", http::HeaderValue::from_str(line).unwrap())
+                .body(full_body(""))
+                .unwrap()
+        };
+        if Browser::direct(app.addr)
+            .send(make(&line))
+            .await
+            .text()
+            .trim()
+            == sid
+        {
+            read_directly += 1;
+        }
+        let mut victim = Browser::new(&proxy);
+        victim.get("/").await;
+        let with_sg = format!("{SG}={}; {line}", sg(&victim));
+        let r = Browser::new(&proxy).send(make(&with_sg)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_ne!(
+            r.text().trim(),
+            sid,
+            "{stack:?}: {line:?} reached the app as {name}"
+        );
+    }
+    // PHP mangles `PHPSESSID ` into `PHPSESSID_` and keeps quotes: its spellings are
+    // in `php::mangled_cookie_names_are_dropped`.
+    if stack != Stack::Php {
+        assert!(
+            read_directly > 0,
+            "{stack:?} read none of the spellings: the test shows nothing"
+        );
+    }
+}
+
 /// A login sent where no rule looks (the rule names another path): its `password` field
 /// alone makes it a login attempt, and the ID rotates.
 async fn credential_fields_catch_unnamed_logins(stack: Stack) {
@@ -888,7 +935,8 @@ macro_rules! stack_tests {
                 planted_app_cookie_is_ignored,
                 login_variants_rotate,
                 credential_fields_catch_unnamed_logins,
-                plain_route_to_the_same_app_filters_the_vault);
+                plain_route_to_the_same_app_filters_the_vault,
+                cookie_spellings_are_dropped);
             $($extra)*
         }
     };

@@ -9,7 +9,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::legacy::{holding, login, sg, whoami, LegacyApp};
+use support::legacy::{holding, login, sg, whoami, LegacyApp, SG};
 use support::*;
 
 async fn replicas(app: &LegacyApp, session: &str) -> (Proxy, Proxy) {
@@ -125,6 +125,49 @@ async fn fixation_fails_across_replicas_even_with_a_hot_cache() {
         seen.contains_key("409"),
         "B never saw the login claim: {seen:?}"
     );
+}
+
+/// Requests in flight across the login, on the other replica: the attacker's request on
+/// B (with the planted ID) has its head in before the victim's login on A and its body
+/// completed after it. The legacy app reads its session only once the body is complete,
+/// as PHP does, so the answer would be alice's: B must not deliver it, whether it read the
+/// body itself (a form) or streamed it to the app (anything else).
+#[tokio::test]
+async fn requests_in_flight_on_another_replica_across_the_login() {
+    let app = LegacyApp::start().await;
+    let (a, b) = replicas(&app, "").await;
+    for content_type in [
+        "application/x-www-form-urlencoded",
+        "application/octet-stream",
+    ] {
+        let mut attacker = Browser::new(&b);
+        assert_eq!(whoami(&mut attacker).await, "anonymous");
+        let planted = sg(&attacker);
+
+        let (tx, body) = channel_body();
+        let req = http::Request::get("/whoami")
+            .header("host", "localhost")
+            .header("cookie", format!("{SG}={planted}"))
+            .header("content-type", content_type)
+            .header("content-length", "6")
+            .body(body)
+            .unwrap();
+        let mut h1 = b.h1().await;
+        let held = tokio::spawn(async move { h1.send(req).await });
+        tx.send(bytes::Bytes::from_static(b"a=1")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let mut victim = holding(&a, &planted);
+        assert_eq!(login(&mut victim, "alice").await.status, 303);
+        assert_eq!(whoami(&mut victim).await, "alice");
+        let _ = tx.send(bytes::Bytes::from_static(b"&b=")).await;
+        let r = within("the held request", held).await.unwrap();
+        assert!(
+            !r.text().contains("alice"),
+            "{content_type}: replica B answered the held request as alice: {r:?}"
+        );
+        assert_eq!(r.status, 409, "{content_type}: {r:?}");
+    }
 }
 
 #[tokio::test]

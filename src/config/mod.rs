@@ -310,7 +310,8 @@ impl Config {
             let _ = writeln!(
                 out,
                 "  {name}: host={host} prefix={prefix} -> {up} (preserve_host={ph}, forwarded={fw:?}, \
-                 max_body={mb}, timeout={rt:?}, same_site={ss}, strip_domain={sd}, script_readable={sr:?})",
+                 max_body={mb}, timeout={rt:?}, same_site={ss}, strip_domain={sd}, script_readable={sr:?}, \
+                 upgrades={ug:?}, allow_trace={at}, keep_path_params={kp}, forward_underscore_headers={fu})",
                 name = r.name,
                 host = r.host.as_deref().unwrap_or("*"),
                 prefix = r.path_prefix,
@@ -322,7 +323,18 @@ impl Config {
                 ss = r.cookies.same_site.as_str(),
                 sd = r.cookies.strip_domain,
                 sr = r.cookies.script_readable,
+                ug = r.upgrades,
+                at = r.allow_trace,
+                kp = r.keep_path_params,
+                fu = r.forward_underscore_headers,
             );
+            if !r.protected.is_empty() && r.session.is_none() {
+                let _ = writeln!(
+                    out,
+                    "    shares its upstream with a session route: filters {:?} both ways",
+                    r.protected.names()
+                );
+            }
             match &r.session {
                 None => {
                     let _ = writeln!(out, "    session: none (plain proxy)");
@@ -330,9 +342,10 @@ impl Config {
                 Some(rs) => {
                     let _ = writeln!(
                         out,
-                        "    session: vault {:?}, strip request session IDs: {}, {} login rule(s), {} logout rule(s)",
+                        "    session: vault {:?}, strip request session IDs: {}, credential fields {:?}, {} login rule(s), {} logout rule(s)",
                         rs.vault.names(),
                         rs.strip_request_session_ids,
+                        rs.credential_fields.names(),
                         rs.login.len(),
                         rs.logout.len()
                     );

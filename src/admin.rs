@@ -15,12 +15,19 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::debug;
 
-use crate::listener::ServerHandle;
 use crate::{full_body, Body};
+
+/// What the admin endpoints read from the running server (`app::ServerHandle`).
+pub trait AdminView: Clone + Send + Sync + 'static {
+    /// `Err(why)` when this replica should not get traffic.
+    fn ready(&self) -> impl std::future::Future<Output = Result<(), &'static str>> + Send;
+    /// The Prometheus text exposition.
+    fn metrics(&self) -> String;
+}
 
 /// Serves until the task is aborted: it stays up while the proxy drains, so that the
 /// orchestrator sees `/readyz` turn 503 and stops sending traffic.
-pub async fn serve(listener: TcpListener, handle: ServerHandle) {
+pub async fn serve<H: AdminView>(listener: TcpListener, handle: H) {
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -47,7 +54,7 @@ pub async fn serve(listener: TcpListener, handle: ServerHandle) {
     }
 }
 
-async fn respond(handle: &ServerHandle, req: Request<Incoming>) -> Response<Body> {
+async fn respond<H: AdminView>(handle: &H, req: Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
@@ -61,7 +68,7 @@ async fn respond(handle: &ServerHandle, req: Request<Incoming>) -> Response<Body
             ),
         },
         "/metrics" => {
-            let mut resp = Response::new(full_body(handle.metrics.render()));
+            let mut resp = Response::new(full_body(handle.metrics()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 http::HeaderValue::from_static(

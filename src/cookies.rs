@@ -22,7 +22,35 @@
 
 use http::HeaderValue;
 
-use crate::config::{CookiePolicy, SameSite};
+use serde::Deserialize;
+
+/// SameSite, ordered from least to most strict so that `max` gives the stricter one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    None,
+    #[default]
+    Lax,
+    Strict,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::None => "None",
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+        }
+    }
+}
+
+/// How a route hardens the app's cookies.
+#[derive(Debug, Clone)]
+pub struct CookiePolicy {
+    pub same_site: SameSite,
+    pub strip_domain: bool,
+    pub script_readable: Vec<String>,
+}
 
 /// RFC 6265bis limit on name + value.
 const MAX_NAME_VALUE: usize = 4096;

@@ -15,9 +15,20 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
+use serde::Deserialize;
 
-use crate::config::MultipartPolicy;
 use crate::names::{self, NameGuard};
+
+/// What happens to a multipart part named like a vaulted cookie.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MultipartPolicy {
+    /// The part is removed and the body forwarded without it.
+    #[default]
+    Remove,
+    /// The request gets a 400.
+    Reject,
+}
 
 /// How the app could read a request body.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@
 //! validated once at start-up; `error` maps every failure to one response.
 
 pub mod admin;
+pub mod app;
 pub mod body;
 pub mod canon;
 pub mod config;
@@ -28,8 +29,8 @@ pub mod tls;
 pub mod upstream;
 pub mod vault;
 
+pub use app::{Server, ServerHandle};
 pub use config::Config;
-pub use listener::{Server, ServerHandle};
 
 /// Boxed error used across body and client boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,24 +1,16 @@
-//! Accepting connections: bind, accept loops, the connection cap, TLS handshakes with a
-//! deadline, live reload, and graceful drain.
+//! Accepting connections: accept loops, the connection cap, TLS handshakes with a
+//! deadline, and the per-connection HTTP settings. The composition root (`app`) binds the
+//! sockets and owns reload and drain; this module serves what it is handed.
 //!
 //! An accept error is logged and the loop goes on (after a short pause, since the usual
 //! cause is running out of file descriptors). The connection cap is a semaphore taken
 //! *before* `accept`, so that when it is full new connections wait in the kernel's
-//! backlog instead of being accepted and then starved. On shutdown the accept loops stop,
-//! every open connection is asked to finish its in-flight requests (HTTP/1 closes after
-//! the current response, HTTP/2 sends GOAWAY), and after the grace period whatever is
-//! left is dropped.
-//!
-//! Reload: everything a reload may change (routes, rules, certificates, limits) lives in
-//! one [`Live`] value behind an `ArcSwap`. A new connection takes the current one for its
-//! handshake and HTTP settings; each request takes the current one when it starts, so an
-//! open keep-alive connection moves to the new config at its next request while requests
-//! already in flight finish on the config they started with. Listener addresses and the
-//! session store are fixed for the life of the process.
+//! backlog instead of being accepted and then starved. A new connection takes the
+//! current [`Live`] for its handshake and HTTP settings; each request takes the current
+//! one when it starts, so an open keep-alive connection moves to a reloaded config at its
+//! next request while requests already in flight finish on the one they started with.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,286 +21,63 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, ServerConfig};
-use crate::service::AppState;
-use crate::store::SessionStore;
-use crate::telemetry::{Metrics, OutcomeLabel};
-use crate::tls::TlsError;
-use crate::upstream::ConnInfo;
+use std::convert::Infallible;
+use std::future::Future;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error(transparent)]
-    Entropy(#[from] crate::session::ids::EntropyError),
-    #[error("cannot open the session store: {0}")]
-    Store(#[from] crate::store::StoreError),
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::config::ServerConfig;
+use crate::telemetry::Metrics;
+use crate::Body;
+
+/// What serves the requests of a connection (the request pipeline, `service::AppState`).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        self: Arc<Self>,
+        conn: ConnInfo,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static;
+
+    /// The server settings this handler's config sets for new connections.
+    fn server_config(&self) -> &ServerConfig;
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("{0} changed: restart sessiongate to apply it")]
-    NeedsRestart(&'static str),
-    #[error(transparent)]
-    Build(#[from] StartError),
-}
-
-/// What a reload swaps.
-pub struct Live {
-    pub state: Arc<AppState>,
+/// What a connection and its requests take from the current config: a reload swaps it.
+pub struct Live<H> {
+    pub state: Arc<H>,
     tls: Option<TlsAcceptor>,
     builder: auto::Builder<TokioExecutor>,
     handshake_timeout: Duration,
 }
 
-impl Live {
-    async fn build(
-        config: Config,
-        store: Arc<dyn SessionStore>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Live, StartError> {
-        let config = Arc::new(config);
-        let tls = match &config.tls {
-            Some(tls) => Some(TlsAcceptor::from(crate::tls::server_config(tls)?)),
-            None => None,
-        };
-        let builder = connection_builder(&config.server);
-        let handshake_timeout = config.server.tls_handshake_timeout;
-        let state = Arc::new(AppState::new(config, store, metrics)?);
-        Ok(Live {
+impl<H: Handler> Live<H> {
+    pub fn new(state: Arc<H>, tls: Option<TlsAcceptor>) -> Live<H> {
+        let server = state.server_config();
+        Live {
+            builder: connection_builder(server),
+            handshake_timeout: server.tls_handshake_timeout,
+            tls,
             state,
-            tls,
-            builder,
-            handshake_timeout,
-        })
-    }
-}
-
-/// Controls a running server: reload, readiness, metrics.
-#[derive(Clone)]
-pub struct ServerHandle {
-    live: Arc<ArcSwap<Live>>,
-    store: Arc<dyn SessionStore>,
-    pub metrics: Arc<Metrics>,
-    draining: Arc<AtomicBool>,
-}
-
-impl ServerHandle {
-    pub fn current(&self) -> Arc<Live> {
-        self.live.load_full()
-    }
-
-    /// Applies a new, already validated config. Refused (and the old one kept) when it
-    /// changes what only a restart can: listener addresses or the session store.
-    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
-        let result = self.try_reload(config).await;
-        let outcome = if result.is_ok() { "success" } else { "failure" };
-        self.metrics
-            .reloads
-            .get_or_create(&OutcomeLabel { outcome })
-            .inc();
-        result
-    }
-
-    async fn try_reload(&self, config: Config) -> Result<(), ReloadError> {
-        let old = self.current();
-        let was = &old.state.config;
-        if config.server.listen != was.server.listen
-            || config.server.plain_listen != was.server.plain_listen
-            || config.tls.is_some() != was.tls.is_some()
-        {
-            return Err(ReloadError::NeedsRestart("a listener address"));
-        }
-        if format!("{:?}", config.store) != format!("{:?}", was.store) {
-            return Err(ReloadError::NeedsRestart("[store]"));
-        }
-        if config.admin != was.admin {
-            return Err(ReloadError::NeedsRestart("[admin]"));
-        }
-        let live = Live::build(config, self.store.clone(), self.metrics.clone()).await?;
-        self.live.store(Arc::new(live));
-        Ok(())
-    }
-
-    /// Ready: serving, not draining, and the store answers within its deadline.
-    pub async fn ready(&self) -> Result<(), &'static str> {
-        if self.draining.load(Ordering::Relaxed) {
-            return Err("draining");
-        }
-        let deadline = self.current().state.config.session.store_timeout;
-        // A key no session can have: the lookup costs one read and finds nothing.
-        let probe = crate::session::SessionKey([0; 32]);
-        match tokio::time::timeout(deadline, self.store.probe(&probe)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err("session store unreachable"),
         }
     }
 }
 
-/// A bound, not yet running, proxy.
-pub struct Server {
-    tls: Option<TcpListener>,
-    plain: Option<TcpListener>,
-    admin: Option<TcpListener>,
-    handle: ServerHandle,
-}
+/// The config in force, swapped whole by a reload.
+pub type Shared<H> = Arc<ArcSwap<Live<H>>>;
 
-impl Server {
-    /// Binds the configured listeners and builds everything the requests need.
-    pub async fn bind(config: Config) -> Result<Server, StartError> {
-        Server::bind_with_store(config, None).await
-    }
-
-    /// Like [`Server::bind`], on a given session store instead of the configured one.
-    pub async fn bind_with_store(
-        config: Config,
-        store: Option<Arc<dyn SessionStore>>,
-    ) -> Result<Server, StartError> {
-        let metrics = Arc::new(Metrics::new());
-        let store = match store {
-            Some(s) => s,
-            None => crate::store::open(&config.store, &metrics).await?,
-        };
-        if config.tls.as_ref().is_some_and(|t| t.self_signed_dev) {
-            warn!("DEVELOPMENT MODE: serving a self-signed certificate generated at start-up; do not use in production");
-        }
-        let tls = match (config.server.listen, &config.tls) {
-            (Some(addr), Some(_)) => Some(bind(addr).await?),
-            _ => None,
-        };
-        let plain = match config.server.plain_listen {
-            Some(addr) => Some(bind(addr).await?),
-            None => None,
-        };
-        let admin = match config.admin.listen {
-            Some(addr) => Some(bind(addr).await?),
-            None => None,
-        };
-        let live = Live::build(config, store.clone(), metrics.clone()).await?;
-        Ok(Server {
-            tls,
-            plain,
-            admin,
-            handle: ServerHandle {
-                live: Arc::new(ArcSwap::from_pointee(live)),
-                store,
-                metrics,
-                draining: Arc::new(AtomicBool::new(false)),
-            },
-        })
-    }
-
-    pub fn tls_addr(&self) -> Option<SocketAddr> {
-        self.tls.as_ref().and_then(|l| l.local_addr().ok())
-    }
-
-    pub fn plain_addr(&self) -> Option<SocketAddr> {
-        self.plain.as_ref().and_then(|l| l.local_addr().ok())
-    }
-
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|l| l.local_addr().ok())
-    }
-
-    pub fn handle(&self) -> ServerHandle {
-        self.handle.clone()
-    }
-
-    /// The session lifecycle (store, counters) of the current config.
-    pub fn sessions(&self) -> Arc<crate::rotate::Sessions> {
-        self.handle.current().state.sessions.clone()
-    }
-
-    /// Serves until `shutdown` resolves, then drains for at most `shutdown_grace`.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        // One line naming every bound address ("-" for none), once all of them serve.
-        let addr_of = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_owned(), |a| a.to_string());
-        let serving = (
-            addr_of(self.tls_addr()),
-            addr_of(self.plain_addr()),
-            addr_of(self.admin_addr()),
-        );
-        let handle = self.handle;
-        let initial = handle.current();
-        let server_cfg = initial.state.config.server.clone();
-        let conns = Arc::new(Semaphore::new(server_cfg.max_connections));
-        // Shared with the accept loops, which hand each connection a watcher; once they
-        // have stopped, this is the only reference left and can be consumed.
-        let graceful = Arc::new(GracefulShutdown::new());
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut loops = JoinSet::new();
-
-        let listeners = self
-            .tls
-            .map(|l| (l, true))
-            .into_iter()
-            .chain(self.plain.map(|l| (l, false)));
-        for (listener, tls) in listeners {
-            if let Ok(addr) = listener.local_addr() {
-                let kind = if tls { "TLS" } else { "plain HTTP" };
-                info!(%addr, "listening ({kind})");
-            }
-            loops.spawn(accept_loop(
-                listener,
-                tls,
-                handle.clone(),
-                conns.clone(),
-                graceful.clone(),
-                stop_rx.clone(),
-            ));
-        }
-        let admin = self.admin.map(|l| {
-            if let Ok(addr) = l.local_addr() {
-                info!(%addr, "admin listening (healthz, readyz, metrics)");
-            }
-            tokio::spawn(crate::admin::serve(l, handle.clone()))
-        });
-
-        let sweep_interval = initial.state.config.store.sweep_interval();
-        let sweeper = tokio::spawn(initial.state.sessions.clone().sweep_forever(sweep_interval));
-        drop(initial);
-        info!(tls = %serving.0, plain = %serving.1, admin = %serving.2, "serving");
-
-        shutdown.await;
-        sweeper.abort();
-        handle.draining.store(true, Ordering::Relaxed);
-        info!(grace = ?server_cfg.shutdown_grace, "shutting down: no new connections, draining in-flight requests");
-        let _ = stop_tx.send(true);
-        while loops.join_next().await.is_some() {}
-        let drain = async move {
-            match Arc::try_unwrap(graceful) {
-                Ok(g) => g.shutdown().await,
-                Err(_) => warn!("drain tracker still shared; not waiting for connections"),
-            }
-        };
-        match tokio::time::timeout(server_cfg.shutdown_grace, drain).await {
-            Ok(()) => info!("drained; all connections closed"),
-            Err(_) => warn!("grace period over; closing the remaining connections"),
-        }
-        if let Some(admin) = admin {
-            admin.abort();
-        }
-    }
-}
-
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+/// Facts about the downstream connection a request came in on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
 }
 
 /// Connection-level HTTP settings.
-fn connection_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
+pub fn connection_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -322,10 +91,12 @@ fn connection_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
     b
 }
 
-async fn accept_loop(
+/// Accepts connections until `stop` flips, each served on the config current then.
+pub async fn accept_loop<H: Handler>(
     listener: TcpListener,
     tls: bool,
-    handle: ServerHandle,
+    live: Shared<H>,
+    metrics: Arc<Metrics>,
     conns: Arc<Semaphore>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
@@ -350,31 +121,31 @@ async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let handle = handle.clone();
+        let (live, metrics) = (live.clone(), metrics.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            let metrics = handle.metrics.clone();
             metrics.active_connections.inc();
-            serve_connection(tcp, peer, tls, handle, watcher).await;
+            serve_connection(tcp, peer, tls, &live, &metrics, watcher).await;
             metrics.active_connections.dec();
         });
     }
 }
 
-async fn serve_connection(
+async fn serve_connection<H: Handler>(
     tcp: TcpStream,
     peer: SocketAddr,
     tls: bool,
-    handle: ServerHandle,
+    shared: &Shared<H>,
+    metrics: &Metrics,
     watcher: Watcher,
 ) {
     // The config current when the connection arrived sets its handshake and HTTP limits.
-    let live = handle.current();
+    let live = shared.load_full();
     let acceptor = match (tls, &live.tls) {
         (false, _) => {
             let conn = ConnInfo { peer, tls: false };
-            return serve_http(TokioIo::new(tcp), conn, &live, handle.clone(), watcher).await;
+            return serve_http(TokioIo::new(tcp), conn, &live, shared.clone(), watcher).await;
         }
         (true, Some(acceptor)) => acceptor.clone(),
         (true, None) => return, // cannot happen: a TLS listener implies [tls]
@@ -382,31 +153,30 @@ async fn serve_connection(
     match tokio::time::timeout(live.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => {
             let conn = ConnInfo { peer, tls: true };
-            serve_http(TokioIo::new(stream), conn, &live, handle.clone(), watcher).await
+            serve_http(TokioIo::new(stream), conn, &live, shared.clone(), watcher).await
         }
         Ok(Err(e)) => {
-            handle.metrics.tls_handshake_failures.inc();
+            metrics.tls_handshake_failures.inc();
             debug!(%peer, error = %e, "TLS handshake failed");
         }
         Err(_) => {
-            handle.metrics.tls_handshake_failures.inc();
+            metrics.tls_handshake_failures.inc();
             debug!(%peer, "TLS handshake timed out");
         }
     }
 }
 
-async fn serve_http<IO>(
+async fn serve_http<IO, H: Handler>(
     io: TokioIo<IO>,
     conn: ConnInfo,
-    live: &Live,
-    handle: ServerHandle,
+    live: &Live<H>,
+    shared: Shared<H>,
     watcher: Watcher,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Each request runs on the config current when it starts.
-    let svc =
-        hyper::service::service_fn(move |req| handle.current().state.clone().handle(conn, req));
+    let svc = hyper::service::service_fn(move |req| shared.load().state.clone().handle(conn, req));
     let connection = live.builder.serve_connection_with_upgrades(io, svc);
     if let Err(e) = watcher.watch(connection.into_owned()).await {
         match e.downcast_ref::<hyper::Error>() {

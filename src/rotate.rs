@@ -184,45 +184,82 @@ impl Sessions {
                 _ => return Err(e),
             },
         };
-        let (key, record, via_grace) = match lookup {
-            Lookup::Live(r) => (key, r, false),
+        match self.follow(key, lookup, route, now).await? {
+            Ok(current) => self.check_live(current, route, now).await,
+            Err(resolved) => Ok(resolved),
+        }
+    }
+
+    /// What a lookup stands for: a live record (followed through a periodic rotation's
+    /// grace), or the reason there is none.
+    async fn follow(
+        &self,
+        key: SessionKey,
+        lookup: Lookup,
+        route: &str,
+        now: u64,
+    ) -> Result<Result<Current, Resolved>, ProxyError> {
+        let dead = |expire_cookie| {
+            Ok(Err(Resolved {
+                current: None,
+                expire_cookie,
+            }))
+        };
+        match lookup {
+            Lookup::Live(record) => Ok(Ok(Current {
+                key,
+                record,
+                via_grace: false,
+            })),
             Lookup::Grace { successor, until } if now < until => {
                 match self.call("load", self.store.load(&successor)).await? {
-                    Lookup::Live(r) => (successor, r, true),
+                    Lookup::Live(record) => Ok(Ok(Current {
+                        key: successor,
+                        record,
+                        via_grace: true,
+                    })),
                     _ => {
                         self.stale(route, &key, "rotated_successor_gone");
-                        return Ok(Resolved::default());
+                        dead(false)
                     }
                 }
             }
             Lookup::Grace { .. } => {
                 // The browser got the successor's cookie with the rotating response.
                 self.stale(route, &key, RevokeReason::PeriodicRotated.as_str());
-                return Ok(Resolved::default());
+                dead(false)
             }
             Lookup::Revoked(reason) => {
                 self.stale(route, &key, reason.as_str());
                 // A rotated-away ID may race with its successor's cookie in the browser:
                 // deleting "the" cookie could delete the new one. Only dead-end IDs are
                 // expired.
-                let expire_cookie = !matches!(
+                dead(!matches!(
                     reason,
                     RevokeReason::LoginRotated | RevokeReason::PeriodicRotated
-                );
-                return Ok(Resolved {
-                    current: None,
-                    expire_cookie,
-                });
+                ))
             }
             Lookup::Missing => {
                 self.stale(route, &key, "unknown");
-                return Ok(Resolved {
-                    current: None,
-                    expire_cookie: true,
-                });
+                dead(true)
             }
+        }
+    }
+
+    /// A live record is usable unless a login holds it, a login on it never completed, or
+    /// it expired.
+    async fn check_live(
+        &self,
+        cur: Current,
+        route: &str,
+        now: u64,
+    ) -> Result<Resolved, ProxyError> {
+        let key = cur.key;
+        let dead = Resolved {
+            current: None,
+            expire_cookie: true,
         };
-        if let Some(until) = record.login_claim_until {
+        if let Some(until) = cur.record.login_claim_until {
             if now < until {
                 self.counters().login_conflicts.inc();
                 return Err(ProxyError::LoginInProgress);
@@ -239,12 +276,9 @@ impl Sessions {
             )
             .await?;
             self.stale(route, &key, RevokeReason::LoginIncomplete.as_str());
-            return Ok(Resolved {
-                current: None,
-                expire_cookie: true,
-            });
+            return Ok(dead);
         }
-        if self.is_expired(&record, now) {
+        if self.is_expired(&cur.record, now) {
             self.call(
                 "revoke",
                 self.store
@@ -253,17 +287,10 @@ impl Sessions {
             .await?;
             self.counters().expired.inc();
             info!(target: "audit", event = "expired", route, id_hash = %key);
-            return Ok(Resolved {
-                current: None,
-                expire_cookie: true,
-            });
+            return Ok(dead);
         }
         Ok(Resolved {
-            current: Some(Current {
-                key,
-                record,
-                via_grace,
-            }),
+            current: Some(cur),
             expire_cookie: false,
         })
     }

@@ -15,8 +15,17 @@ use http::{HeaderMap, HeaderName, Method, StatusCode};
 use regex::bytes::Regex as BytesRegex;
 use regex::Regex;
 
-pub use crate::config::Undecided;
 use crate::cookies::SetCookie;
+use serde::Deserialize;
+
+/// What an undecided login attempt does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Undecided {
+    #[default]
+    Rotate,
+    Keep,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

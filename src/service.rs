@@ -54,7 +54,7 @@ use crate::cookies;
 use crate::error::ProxyError;
 use crate::forms::{self, BodyKind, Inspect};
 use crate::inflight::{Closing, InFlight, Ticket};
-use crate::listener::StartError;
+use crate::listener::{ConnInfo, Handler};
 use crate::names::NameGuard;
 use crate::rotate::{Current, Resolved, Sessions};
 use crate::router::Router;
@@ -62,12 +62,37 @@ use crate::rules::{Outcome, ResponseView, Rule, SubjectSource};
 use crate::session::{self, ChaChaIds, Presented};
 use crate::store::{now_ms, SessionStore};
 use crate::telemetry::{Metrics, RouteLabel};
-use crate::upstream::{self, prepare_response, ConnInfo, Outgoing, UpstreamClient};
+use crate::tls::TlsError;
+use crate::upstream::{self, prepare_response, Outgoing, UpstreamClient};
 use crate::{vault, Body};
 
 /// How long a login waits for the requests already in flight on its session before it
 /// cancels them.
 const LOGIN_DRAIN: Duration = Duration::from_secs(5);
+
+/// Why the request pipeline could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Entropy(#[from] crate::session::ids::EntropyError),
+}
+
+impl Handler for AppState {
+    fn handle(
+        self: Arc<Self>,
+        conn: ConnInfo,
+        req: Request<Incoming>,
+    ) -> impl std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static
+    {
+        AppState::handle(self, conn, req)
+    }
+
+    fn server_config(&self) -> &crate::config::ServerConfig {
+        &self.config.server
+    }
+}
 
 /// Everything a request needs that outlives it.
 pub struct AppState {
@@ -119,7 +144,7 @@ impl AppState {
         config: Arc<Config>,
         store: Arc<dyn SessionStore>,
         metrics: Arc<Metrics>,
-    ) -> Result<AppState, StartError> {
+    ) -> Result<AppState, BuildError> {
         let ids = Arc::new(ChaChaIds::new()?);
         let login_settle = store.replica_staleness();
         Ok(AppState {
@@ -279,8 +304,10 @@ impl AppState {
             host: canon.host.as_ref(),
             upgrade: upgrade.as_deref(),
             has_body: canon.has_body,
+            peer: conn.peer.ip(),
+            tls: conn.tls,
         };
-        let up_req = upstream::prepare_request(route, &conn, parts, body, &out)?;
+        let up_req = upstream::prepare_request(route, parts, body, &out)?;
         let mut resp = self
             .send(route, up_req, upgrade.as_deref(), client_upgrade)
             .await?;
@@ -600,8 +627,10 @@ impl AppState {
             host: ctx.canon.host.as_ref(),
             upgrade,
             has_body: ctx.canon.has_body,
+            peer: ctx.conn.peer.ip(),
+            tls: ctx.conn.tls,
         };
-        upstream::prepare_request(ctx.route, &ctx.conn, parts, body, &out)
+        upstream::prepare_request(ctx.route, parts, body, &out)
     }
 
     /// Phase: send, unless a login on this session cancels the request first. The

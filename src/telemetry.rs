@@ -163,90 +163,62 @@ impl Default for Metrics {
     }
 }
 
+/// Registers a metric and hands back the handle the code updates.
+fn reg<M>(r: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    r.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut r = Registry::with_prefix("sessiongate");
-        let requests = Family::<RouteStatus, Counter>::default();
-        r.register(
-            "requests",
-            "Requests answered, by route and status class",
-            requests.clone(),
-        );
-        let rejected = Family::<ReasonLabel, Counter>::default();
-        r.register(
-            "rejected_requests",
-            "Requests refused while being read (ambiguous target, Host, framing, method), by reason",
-            rejected.clone(),
-        );
-        let removed = Family::<KindLabel, Counter>::default();
-        r.register(
-            "removed_request_parts",
-            "Cookies, parameters, parts and headers removed from requests before the app saw them, by kind",
-            removed.clone(),
-        );
-        let upstream_seconds: Latency = Family::new_with_constructor(latency);
-        r.register(
-            "upstream_duration_seconds",
-            "Time from sending a request to the app until its response head, by route",
-            upstream_seconds.clone(),
-        );
-        let active_connections = Gauge::default();
-        r.register(
-            "active_connections",
-            "Client connections open now",
-            active_connections.clone(),
-        );
-        let tls_handshake_failures = Counter::default();
-        r.register(
-            "tls_handshake_failures",
-            "TLS handshakes that failed or timed out",
-            tls_handshake_failures.clone(),
-        );
-        let store_seconds: OpLatency = Family::new_with_constructor(latency);
-        r.register(
-            "store_operation_duration_seconds",
-            "Session store call latency, by operation",
-            store_seconds.clone(),
-        );
-        let store_errors = Family::<OpLabel, Counter>::default();
-        r.register(
-            "store_errors",
-            "Session store calls that failed or timed out, by operation",
-            store_errors.clone(),
-        );
-        let cache_hits = Counter::default();
-        r.register(
-            "cache_hits",
-            "Session lookups answered by this replica's cache",
-            cache_hits.clone(),
-        );
-        let cache_misses = Counter::default();
-        r.register(
-            "cache_misses",
-            "Session lookups that went to the store",
-            cache_misses.clone(),
-        );
-        let reloads = Family::<OutcomeLabel, Counter>::default();
-        r.register(
-            "config_reloads",
-            "Config reloads, by outcome (success, failure)",
-            reloads.clone(),
-        );
-        let sessions = SessionCounters::register(&mut r);
         Metrics {
+            requests: reg(&mut r, "requests", "Requests answered, by route and status class", Family::default()),
+            rejected: reg(
+                &mut r,
+                "rejected_requests",
+                "Requests refused while being read (ambiguous target, Host, framing, method), by reason",
+                Family::default(),
+            ),
+            removed: reg(
+                &mut r,
+                "removed_request_parts",
+                "Cookies, parameters, parts and headers removed from requests before the app saw them, by kind",
+                Family::default(),
+            ),
+            upstream_seconds: reg(
+                &mut r,
+                "upstream_duration_seconds",
+                "Time from sending a request to the app until its response head, by route",
+                Family::new_with_constructor(latency),
+            ),
+            active_connections: reg(&mut r, "active_connections", "Client connections open now", Gauge::default()),
+            tls_handshake_failures: reg(
+                &mut r,
+                "tls_handshake_failures",
+                "TLS handshakes that failed or timed out",
+                Counter::default(),
+            ),
+            store_seconds: reg(
+                &mut r,
+                "store_operation_duration_seconds",
+                "Session store call latency, by operation",
+                Family::new_with_constructor(latency),
+            ),
+            store_errors: reg(
+                &mut r,
+                "store_errors",
+                "Session store calls that failed or timed out, by operation",
+                Family::default(),
+            ),
+            cache_hits: reg(&mut r, "cache_hits", "Session lookups answered by this replica's cache", Counter::default()),
+            cache_misses: reg(&mut r, "cache_misses", "Session lookups that went to the store", Counter::default()),
+            reloads: reg(&mut r, "config_reloads", "Config reloads, by outcome (success, failure)", Family::default()),
+            sessions: SessionCounters::register(&mut r),
             registry: r,
-            requests,
-            rejected,
-            removed,
-            upstream_seconds,
-            active_connections,
-            tls_handshake_failures,
-            store_seconds,
-            store_errors,
-            cache_hits,
-            cache_misses,
-            reloads,
-            sessions,
         }
     }
 

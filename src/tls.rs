@@ -17,7 +17,35 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::config::{ServerCert, TlsConfig};
+/// Certificates, already loaded and checked (key matches certificate).
+pub struct TlsConfig {
+    pub self_signed_dev: bool,
+    pub certificates: Vec<ServerCert>,
+}
+
+pub struct ServerCert {
+    /// Lower-cased SNI names; `*.example.com` matches one label.
+    pub server_names: Vec<String>,
+    pub key: Arc<CertifiedKey>,
+    pub source: String,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("TlsConfig")
+            .field("self_signed_dev", &self.self_signed_dev)
+            .field(
+                "certificates",
+                &self
+                    .certificates
+                    .iter()
+                    .map(|c| (&c.source, &c.server_names))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

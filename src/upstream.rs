@@ -7,7 +7,6 @@
 //! refused before anything is sent); the response body gets an idle deadline between
 //! frames.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -22,13 +21,6 @@ use crate::config::{ForwardedMode, Route, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::tls::TlsError;
 use crate::{Body, BoxError};
-
-/// Facts about the downstream connection a request came in on.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub tls: bool,
-}
 
 pub struct UpstreamClient {
     client: Client<HttpsConnector<HttpConnector>, Body>,
@@ -211,13 +203,15 @@ pub struct Outgoing<'a> {
     pub upgrade: Option<&'a str>,
     /// The request carried a body (a `Content-Length` or `Transfer-Encoding`).
     pub has_body: bool,
+    /// The client's address and whether it spoke TLS, for X-Forwarded-*.
+    pub peer: std::net::IpAddr,
+    pub tls: bool,
 }
 
 /// Turns a downstream request head into the one sent to the app: canonical target,
 /// Host and framing, hop-by-hop headers removed, X-Forwarded-* set.
 pub fn prepare_request(
     route: &Route,
-    conn: &ConnInfo,
     mut parts: http::request::Parts,
     body: Body,
     out: &Outgoing<'_>,
@@ -238,12 +232,7 @@ pub fn prepare_request(
             .map_err(|_| ProxyError::Internal("upstream authority is not a header value".into()))?,
     };
     h.insert(header::HOST, host_value);
-    set_forwarded(
-        h,
-        route.forwarded,
-        conn,
-        out.host.map(|h| h.header.as_str()),
-    );
+    set_forwarded(h, route.forwarded, out, out.host.map(|h| h.header.as_str()));
     // Framing in canonical form only: a length in plain decimal (never `0005`), or none
     // and chunked.
     h.remove(header::CONTENT_LENGTH);
@@ -265,9 +254,9 @@ fn upstream_uri(route: &Route, pq: &str) -> Result<Uri, ProxyError> {
         .map_err(|_| ProxyError::BadRequest("invalid request target"))
 }
 
-fn set_forwarded(h: &mut HeaderMap, mode: ForwardedMode, conn: &ConnInfo, host: Option<&str>) {
-    let peer = conn.peer.ip().to_string();
-    let proto = if conn.tls { "https" } else { "http" };
+fn set_forwarded(h: &mut HeaderMap, mode: ForwardedMode, out: &Outgoing<'_>, host: Option<&str>) {
+    let peer = out.peer.to_string();
+    let proto = if out.tls { "https" } else { "http" };
     match mode {
         ForwardedMode::None => {
             h.remove(X_FORWARDED_FOR);

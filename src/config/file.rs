@@ -10,6 +10,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::cookies::SameSite;
+pub use crate::forms::MultipartPolicy;
+pub use crate::rules::Undecided;
 use bytesize::ByteSize;
 use serde::{de, Deserialize, Deserializer};
 use toml::Spanned;
@@ -219,7 +222,7 @@ impl Default for RawUpstream {
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: Option<RouteName>,
-    pub host: Option<HostName>,
+    pub host: Option<Spanned<HostName>>,
     #[serde(default = "defaults::path_prefix")]
     pub path_prefix: Spanned<PathPrefix>,
     pub upstream: Spanned<UpstreamUrl>,
@@ -321,26 +324,6 @@ pub struct RawRule {
     pub undecided: Undecided,
 }
 
-/// What an undecided login attempt does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Undecided {
-    #[default]
-    Rotate,
-    Keep,
-}
-
-/// What happens to a multipart part named like a vaulted cookie.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MultipartPolicy {
-    /// The part is removed and the body forwarded without it.
-    #[default]
-    Remove,
-    /// The request gets a 400.
-    Reject,
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCriteria {
@@ -409,26 +392,6 @@ pub enum ForwardedMode {
     Append,
     /// Drop whatever the client sent and set nothing.
     None,
-}
-
-/// SameSite, ordered from least to most strict so that `max` gives the stricter one.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SameSite {
-    None,
-    #[default]
-    Lax,
-    Strict,
-}
-
-impl SameSite {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SameSite::None => "None",
-            SameSite::Lax => "Lax",
-            SameSite::Strict => "Strict",
-        }
-    }
 }
 
 /// Declares a string newtype whose `Deserialize` runs a check, so that a bad value is

@@ -15,10 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 
-pub use file::{ForwardedMode, MultipartPolicy, SameSite, StoreFailurePolicy, Undecided};
+pub use crate::cookies::{CookiePolicy, SameSite};
+pub use crate::forms::MultipartPolicy;
+pub use crate::rules::Undecided;
+pub use crate::tls::{ServerCert, TlsConfig};
+pub use file::{ForwardedMode, StoreFailurePolicy};
 use file::{RawConfig, RawCriteria, RawRoute, RawRule};
 
 use crate::names::NameGuard;
@@ -57,7 +60,7 @@ pub struct SessionConfig {
     pub store_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StoreConfig {
     Memory {
         sweep_interval: Duration,
@@ -115,36 +118,6 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
 }
 
-/// Certificates, already loaded and checked (key matches certificate).
-pub struct TlsConfig {
-    pub self_signed_dev: bool,
-    pub certificates: Vec<ServerCert>,
-}
-
-pub struct ServerCert {
-    /// Lower-cased SNI names; `*.example.com` matches one label.
-    pub server_names: Vec<String>,
-    pub key: Arc<CertifiedKey>,
-    pub source: String,
-}
-
-impl fmt::Debug for TlsConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never print key material.
-        f.debug_struct("TlsConfig")
-            .field("self_signed_dev", &self.self_signed_dev)
-            .field(
-                "certificates",
-                &self
-                    .certificates
-                    .iter()
-                    .map(|c| (&c.source, &c.server_names))
-                    .collect::<Vec<_>>(),
-            )
-            .finish()
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub connect_timeout: Duration,
@@ -191,13 +164,6 @@ impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct CookiePolicy {
-    pub same_site: SameSite,
-    pub strip_domain: bool,
-    pub script_readable: Vec<String>,
 }
 
 /// One thing wrong with a config file.
@@ -307,58 +273,63 @@ impl Config {
         );
         let _ = writeln!(out, "routes (longest matching prefix wins):");
         for r in &self.routes {
+            describe_route(&mut out, r);
+        }
+        out
+    }
+}
+
+/// `check`'s lines for one route.
+fn describe_route(out: &mut String, r: &Route) {
+    use std::fmt::Write;
+    let _ = writeln!(
+            out,
+            "  {name}: host={host} prefix={prefix} -> {up} (preserve_host={ph}, forwarded={fw:?}, \
+             max_body={mb}, timeout={rt:?}, same_site={ss}, strip_domain={sd}, script_readable={sr:?}, \
+             upgrades={ug:?}, allow_trace={at}, keep_path_params={kp}, forward_underscore_headers={fu})",
+            name = r.name,
+            host = r.host.as_deref().unwrap_or("*"),
+            prefix = r.path_prefix,
+            up = r.upstream,
+            ph = r.preserve_host,
+            fw = r.forwarded,
+            mb = bytesize::ByteSize(r.max_request_body),
+            rt = r.response_timeout,
+            ss = r.cookies.same_site.as_str(),
+            sd = r.cookies.strip_domain,
+            sr = r.cookies.script_readable,
+            ug = r.upgrades,
+            at = r.allow_trace,
+            kp = r.keep_path_params,
+            fu = r.forward_underscore_headers,
+        );
+    if !r.protected.is_empty() && r.session.is_none() {
+        let _ = writeln!(
+            out,
+            "    shares its upstream with a session route: filters {:?} both ways",
+            r.protected.names()
+        );
+    }
+    match &r.session {
+        None => {
+            let _ = writeln!(out, "    session: none (plain proxy)");
+        }
+        Some(rs) => {
             let _ = writeln!(
-                out,
-                "  {name}: host={host} prefix={prefix} -> {up} (preserve_host={ph}, forwarded={fw:?}, \
-                 max_body={mb}, timeout={rt:?}, same_site={ss}, strip_domain={sd}, script_readable={sr:?}, \
-                 upgrades={ug:?}, allow_trace={at}, keep_path_params={kp}, forward_underscore_headers={fu})",
-                name = r.name,
-                host = r.host.as_deref().unwrap_or("*"),
-                prefix = r.path_prefix,
-                up = r.upstream,
-                ph = r.preserve_host,
-                fw = r.forwarded,
-                mb = bytesize::ByteSize(r.max_request_body),
-                rt = r.response_timeout,
-                ss = r.cookies.same_site.as_str(),
-                sd = r.cookies.strip_domain,
-                sr = r.cookies.script_readable,
-                ug = r.upgrades,
-                at = r.allow_trace,
-                kp = r.keep_path_params,
-                fu = r.forward_underscore_headers,
-            );
-            if !r.protected.is_empty() && r.session.is_none() {
-                let _ = writeln!(
                     out,
-                    "    shares its upstream with a session route: filters {:?} both ways",
-                    r.protected.names()
+                    "    session: vault {:?}, strip request session IDs: {}, credential fields {:?}, {} login rule(s), {} logout rule(s)",
+                    rs.vault.names(),
+                    rs.strip_request_session_ids,
+                    rs.credential_fields.names(),
+                    rs.login.len(),
+                    rs.logout.len()
                 );
-            }
-            match &r.session {
-                None => {
-                    let _ = writeln!(out, "    session: none (plain proxy)");
-                }
-                Some(rs) => {
-                    let _ = writeln!(
-                        out,
-                        "    session: vault {:?}, strip request session IDs: {}, credential fields {:?}, {} login rule(s), {} logout rule(s)",
-                        rs.vault.names(),
-                        rs.strip_request_session_ids,
-                        rs.credential_fields.names(),
-                        rs.login.len(),
-                        rs.logout.len()
-                    );
-                    for (kind, rules) in [("login", &rs.login), ("logout", &rs.logout)] {
-                        for rule in rules {
-                            let _ =
-                                writeln!(out, "      {kind}: {:?} {:?}", rule.methods, rule.path);
-                        }
-                    }
+            for (kind, rules) in [("login", &rs.login), ("logout", &rs.logout)] {
+                for rule in rules {
+                    let _ = writeln!(out, "      {kind}: {:?} {:?}", rule.methods, rule.path);
                 }
             }
         }
-        out
     }
 }
 
@@ -815,7 +786,7 @@ fn compile_rule(r: &RawRule, kind: &str, key: &str, p: &mut Problems) -> Option<
         p.add(
             format!("{key}.success"),
             None,
-            "a login rule needs at least one success criterion (e.g. status = [302] with a Location header, or body_contains),              otherwise a failed login would count as a login",
+            "a login rule needs at least one success criterion (e.g. status = [302] with a Location header, or body_contains), otherwise a failed login would count as a login",
         );
     }
     let subject = match &r.subject {
@@ -905,19 +876,11 @@ fn validate_routes(raw: &[RawRoute], session: &SessionConfig, p: &mut Problems) 
     let mut routes: Vec<Route> = Vec::new();
     let mut seen: Vec<(Option<String>, String, usize)> = Vec::new();
     for (i, r) in raw.iter().enumerate() {
-        let key = |field: &str| format!("routes[{i}].{field}");
-        let host = r.host.as_ref().map(|h| h.0.to_ascii_lowercase());
-        if host.as_deref().is_some_and(|h| h.starts_with("*.")) {
-            p.add(
-                key("host"),
-                Some(r.upstream.span()),
-                "wildcards are for TLS server_names; a route host is exact",
-            );
-        }
+        let host = r.host.as_ref().map(|h| h.get_ref().0.to_ascii_lowercase());
         let prefix = r.path_prefix.get_ref().0.clone();
         if let Some((_, _, j)) = seen.iter().find(|(h, pr, _)| *h == host && *pr == prefix) {
             p.add(
-                key("path_prefix"),
+                format!("routes[{i}].path_prefix"),
                 Some(r.path_prefix.span()),
                 format!(
                     "routes[{j}] already matches host {} and path_prefix {prefix:?}: give one a different host or path_prefix, or merge them",
@@ -925,66 +888,88 @@ fn validate_routes(raw: &[RawRoute], session: &SessionConfig, p: &mut Problems) 
                 ),
             );
         }
-        seen.push((host.clone(), prefix.clone(), i));
-        if r.response_timeout.is_zero() || r.body_idle_timeout.is_zero() {
-            p.add(
-                key("response_timeout"),
-                None,
-                "timeouts must be longer than zero",
-            );
-        }
-        let route_session = r
-            .session
-            .as_ref()
-            .map(|s| validate_route_session(s, session, &format!("routes[{i}]"), p));
-        let Some(upstream) = parse_upstream(&r.upstream.get_ref().0) else {
-            p.add(
-                key("upstream"),
-                Some(r.upstream.span()),
-                "not a valid http:// or https:// URL",
-            );
-            continue;
-        };
-        let mut script_readable: Vec<String> = r
-            .cookies
-            .script_readable
-            .iter()
-            .map(|c| c.0.clone())
-            .collect();
-        script_readable.sort();
-        script_readable.dedup();
-        routes.push(Route {
-            name: r
-                .name
-                .as_ref()
-                .map_or_else(|| format!("routes[{i}]"), |n| n.0.clone()),
-            host,
-            path_prefix: prefix,
-            upstream,
-            preserve_host: r.preserve_host,
-            forwarded: r.forwarded,
-            max_request_body: r.max_request_body.as_u64(),
-            response_timeout: r.response_timeout,
-            body_idle_timeout: r.body_idle_timeout,
-            cookies: CookiePolicy {
-                same_site: r.cookies.same_site,
-                strip_domain: r.cookies.strip_domain,
-                script_readable,
-            },
-            upgrades: r
-                .upgrades
-                .iter()
-                .map(|u| u.0.to_ascii_lowercase())
-                .collect(),
-            allow_trace: r.allow_trace,
-            forward_underscore_headers: r.forward_underscore_headers,
-            keep_path_params: r.keep_path_params,
-            protected: NameGuard::default(),
-            session: route_session,
-        });
+        seen.push((host, prefix, i));
+        routes.extend(compile_route(i, r, session, p));
     }
     protect_shared_upstreams(&mut routes);
     routes.into_iter().map(Arc::new).collect()
+}
+
+/// One `[[routes]]` entry, checked and compiled (`None` when its upstream is unusable).
+fn compile_route(
+    i: usize,
+    r: &RawRoute,
+    session: &SessionConfig,
+    p: &mut Problems,
+) -> Option<Route> {
+    let key = |field: &str| format!("routes[{i}].{field}");
+    let host = r.host.as_ref().map(|h| h.get_ref().0.to_ascii_lowercase());
+    if let (Some(h), Some(raw)) = (&host, &r.host) {
+        if h.starts_with("*.") {
+            p.add(
+                key("host"),
+                Some(raw.span()),
+                "wildcards are for TLS server_names; a route host is exact",
+            );
+        }
+    }
+    for (field, d) in [
+        ("response_timeout", r.response_timeout),
+        ("body_idle_timeout", r.body_idle_timeout),
+    ] {
+        if d.is_zero() {
+            p.add(key(field), None, "must be longer than zero, e.g. \"60s\"");
+        }
+    }
+    let route_session = r
+        .session
+        .as_ref()
+        .map(|s| validate_route_session(s, session, &format!("routes[{i}]"), p));
+    let Some(upstream) = parse_upstream(&r.upstream.get_ref().0) else {
+        p.add(
+            key("upstream"),
+            Some(r.upstream.span()),
+            "not a valid http:// or https:// URL",
+        );
+        return None;
+    };
+    let mut script_readable: Vec<String> = r
+        .cookies
+        .script_readable
+        .iter()
+        .map(|c| c.0.clone())
+        .collect();
+    script_readable.sort();
+    script_readable.dedup();
+    Some(Route {
+        name: r
+            .name
+            .as_ref()
+            .map_or_else(|| format!("routes[{i}]"), |n| n.0.clone()),
+        host,
+        path_prefix: r.path_prefix.get_ref().0.clone(),
+        upstream,
+        preserve_host: r.preserve_host,
+        forwarded: r.forwarded,
+        max_request_body: r.max_request_body.as_u64(),
+        response_timeout: r.response_timeout,
+        body_idle_timeout: r.body_idle_timeout,
+        cookies: CookiePolicy {
+            same_site: r.cookies.same_site,
+            strip_domain: r.cookies.strip_domain,
+            script_readable,
+        },
+        upgrades: r
+            .upgrades
+            .iter()
+            .map(|u| u.0.to_ascii_lowercase())
+            .collect(),
+        allow_trace: r.allow_trace,
+        forward_underscore_headers: r.forward_underscore_headers,
+        keep_path_params: r.keep_path_params,
+        protected: NameGuard::default(),
+        session: route_session,
+    })
 }
 
 /// Every route gets, as its protected names, the vault of every session route in front of

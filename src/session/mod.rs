@@ -265,7 +265,7 @@ pub fn proxy_set_cookie(
     name: &str,
     id: Option<&SessionId>,
     max_age_secs: u64,
-    same_site: crate::config::SameSite,
+    same_site: crate::cookies::SameSite,
 ) -> HeaderValue {
     let value = id.map(SessionId::cookie_value).unwrap_or_default();
     let line = format!(

@@ -39,6 +39,53 @@ pub async fn peek(
     Ok((seen.freeze(), body))
 }
 
+/// A body that ends with an error as soon as `stop` resolves (a login or logout on the
+/// session it was opened on), holding `guard` as long as it streams.
+pub fn until<G: Send + Sync + Unpin + 'static>(
+    body: Body,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    guard: G,
+) -> Body {
+    Until {
+        inner: body,
+        stop: Box::pin(stop),
+        _guard: guard,
+    }
+    .boxed()
+}
+
+struct Until<G> {
+    inner: Body,
+    stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>,
+    _guard: G,
+}
+
+impl<G: Unpin> http_body::Body for Until<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.stop.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Some(Err(
+                "the session this stream was opened on changed".into(),
+            )));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

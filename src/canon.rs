@@ -322,6 +322,28 @@ pub fn drop_underscore_headers(headers: &mut HeaderMap) -> usize {
     names.len()
 }
 
+/// The standard method a differently-cased one stands for (`post` -> `POST`), if any.
+pub fn standard_method(m: &http::Method) -> Option<http::Method> {
+    use http::Method;
+    let s = m.as_str();
+    if s.bytes().all(|b| !b.is_ascii_lowercase()) {
+        return None;
+    }
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::CONNECT,
+    ]
+    .into_iter()
+    .find(|std| std.as_str().eq_ignore_ascii_case(s))
+}
+
 /// The path as rules compare it: lower-cased, without a trailing slash (frameworks route
 /// `/Login` and `/login/` to `/login`).
 pub fn rule_path(path: &str) -> String {

@@ -16,6 +16,7 @@
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::names::{self, NameGuard};
 
@@ -76,6 +77,16 @@ pub fn body_kind(headers: &HeaderMap) -> BodyKind {
     BodyKind::Opaque
 }
 
+/// The body has a `Content-Encoding` other than `identity`.
+pub fn is_encoded(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(',')
+                .any(|c| !c.trim().eq_ignore_ascii_case("identity") && !c.trim().is_empty())
+        })
+    })
+}
+
 /// What reading a body found.
 #[derive(Debug, Default)]
 pub struct Inspected {
@@ -87,8 +98,9 @@ pub struct Inspected {
     pub subject: Option<String>,
     /// Fields or parts named like a vaulted cookie that were removed.
     pub removed: usize,
-    /// For multipart: the new `Content-Type` (same boundary) is unchanged; the length is.
-    pub rewritten: bool,
+    /// The `Content-Type` to forward instead of the client's (multipart: a boundary of
+    /// sessiongate's own, so no other reading of the client's header can find another).
+    pub content_type: Option<String>,
 }
 
 /// What to look for and remove.
@@ -153,7 +165,6 @@ fn urlencoded(body: Bytes, what: &Inspect<'_>) -> Inspected {
     {
         Some(stripped) => {
             out.removed = 1;
-            out.rewritten = true;
             out.body = stripped.into();
         }
         None => out.body = body,
@@ -201,11 +212,8 @@ async fn multipart(
     }
     let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
     let mut parts = multer::Multipart::new(stream, boundary);
-    let mut out = Inspected {
-        rewritten: true,
-        ..Inspected::default()
-    };
-    let mut encoded = Vec::new();
+    let mut out = Inspected::default();
+    let mut kept = Vec::new();
     loop {
         let field = match parts.next_field().await {
             Ok(Some(f)) => f,
@@ -216,13 +224,16 @@ async fn multipart(
         if name.is_empty() {
             return Err(FormError::Multipart("a part without a name".into()));
         }
-        let file_name = field.file_name().map(str::to_owned);
-        let content_type = field.content_type().map(ToString::to_string);
-        let data = field
-            .bytes()
-            .await
-            .map_err(|e| FormError::Multipart(e.to_string()))?;
-        if what.protected.matches(name.as_bytes()) {
+        let part = Part {
+            file_name: field.file_name().map(str::to_owned),
+            content_type: field.content_type().map(ToString::to_string),
+            data: field
+                .bytes()
+                .await
+                .map_err(|e| FormError::Multipart(e.to_string()))?,
+            name,
+        };
+        if what.protected.matches(part.name.as_bytes()) {
             match what.multipart {
                 MultipartPolicy::Reject => return Err(FormError::ProtectedPart),
                 MultipartPolicy::Remove => {
@@ -231,41 +242,60 @@ async fn multipart(
                 }
             }
         }
-        if names::names_field(what.credentials, name.as_bytes()) {
+        if names::names_field(what.credentials, part.name.as_bytes()) {
             out.credentials = true;
         }
-        if file_name.is_none() && what.subject_field == Some(name.as_str()) {
-            out.subject = std::str::from_utf8(&data)
+        if part.file_name.is_none() && what.subject_field == Some(part.name.as_str()) {
+            out.subject = std::str::from_utf8(&part.data)
                 .ok()
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned);
         }
-        encode_part(
-            &mut encoded,
-            boundary,
-            &name,
-            file_name.as_deref(),
-            content_type.as_deref(),
-            &data,
-        )?;
+        kept.push(part);
+    }
+    // A boundary of our own, derived from the content so that the content cannot contain
+    // it: the client's Content-Type is not forwarded, so a parser that reads another
+    // `boundary` in it (PHP takes the first `boundary` substring) finds nothing else.
+    let mut hash = Sha256::new();
+    for p in &kept {
+        hash.update(p.name.as_bytes());
+        hash.update(&p.data);
+    }
+    let boundary = format!("sessiongate-{}", &hex::encode(hash.finalize())[..40]);
+    let mut encoded = Vec::new();
+    for p in &kept {
+        if p.data
+            .windows(boundary.len())
+            .any(|w| w == boundary.as_bytes())
+        {
+            return Err(FormError::Unencodable);
+        }
+        encode_part(&mut encoded, &boundary, p)?;
     }
     encoded.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     out.body = encoded.into();
+    out.content_type = Some(format!("multipart/form-data; boundary={boundary}"));
     Ok(out)
+}
+
+/// One multipart part, as `multer` read it.
+struct Part {
+    name: String,
+    file_name: Option<String>,
+    content_type: Option<String>,
+    data: Bytes,
 }
 
 fn encodable(s: &str) -> bool {
     !s.chars().any(|c| c == '"' || c == '\\' || c.is_control())
 }
 
-fn encode_part(
-    out: &mut Vec<u8>,
-    boundary: &str,
-    name: &str,
-    file_name: Option<&str>,
-    content_type: Option<&str>,
-    data: &[u8],
-) -> Result<(), FormError> {
+fn encode_part(out: &mut Vec<u8>, boundary: &str, part: &Part) -> Result<(), FormError> {
+    let (name, file_name, content_type) = (
+        part.name.as_str(),
+        part.file_name.as_deref(),
+        part.content_type.as_deref(),
+    );
     if !encodable(name) || !file_name.is_none_or(encodable) || !content_type.is_none_or(encodable) {
         return Err(FormError::Unencodable);
     }
@@ -280,7 +310,7 @@ fn encode_part(
         out.extend_from_slice(format!("Content-Type: {ct}\r\n").as_bytes());
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(data);
+    out.extend_from_slice(&part.data);
     out.extend_from_slice(b"\r\n");
     Ok(())
 }

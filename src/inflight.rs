@@ -32,11 +32,17 @@ struct Gate {
     drained: Notify,
     /// Flipped to `true` to cancel every admitted request.
     cancel: watch::Sender<bool>,
+    /// Flipped to `true` at once by a login or logout: ends every stream (WebSocket
+    /// tunnel, response still streaming) opened on the ID before it.
+    ended: watch::Sender<bool>,
 }
 
 #[derive(Default)]
 struct GateState {
+    /// Requests not yet answered by the app.
     admitted: usize,
+    /// Answered, but their response (or tunnel) still streams.
+    streams: usize,
     closed: bool,
 }
 
@@ -51,6 +57,7 @@ pub struct Ticket {
     gate: Arc<Gate>,
     owner: Arc<InFlight>,
     cancelled: watch::Receiver<bool>,
+    streaming: bool,
 }
 
 impl Ticket {
@@ -59,14 +66,39 @@ impl Ticket {
         // An error means the gate is gone, which cannot happen while we hold it.
         let _ = self.cancelled.wait_for(|c| *c).await;
     }
+
+    /// The app has answered, but its answer streams on (no length, or a protocol switch):
+    /// a login no longer waits for it, and ends it at once.
+    pub fn into_stream(mut self) -> Ticket {
+        {
+            let mut st = lock(&self.gate.state);
+            st.admitted = st.admitted.saturating_sub(1);
+            st.streams += 1;
+        }
+        self.streaming = true;
+        self.gate.drained.notify_waiters();
+        self
+    }
+
+    /// Resolves when a login or logout on this session ends its streams.
+    pub fn ended(&self) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+        let mut rx = self.gate.ended.subscribe();
+        async move {
+            let _ = rx.wait_for(|e| *e).await;
+        }
+    }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         let now_empty = {
             let mut st = lock(&self.gate.state);
-            st.admitted = st.admitted.saturating_sub(1);
-            st.admitted == 0
+            if self.streaming {
+                st.streams = st.streams.saturating_sub(1);
+            } else {
+                st.admitted = st.admitted.saturating_sub(1);
+            }
+            st.admitted == 0 && st.streams == 0
         };
         self.gate.drained.notify_waiters();
         if now_empty {
@@ -111,6 +143,7 @@ impl InFlight {
                     state: Mutex::new(GateState::default()),
                     drained: Notify::new(),
                     cancel: watch::Sender::new(false),
+                    ended: watch::Sender::new(false),
                 })
             })
             .clone();
@@ -126,7 +159,15 @@ impl InFlight {
             cancelled: gate.cancel.subscribe(),
             gate,
             owner: self.clone(),
+            streaming: false,
         })
+    }
+
+    /// A logout on `key`: every stream opened on it ends now.
+    pub fn end_streams(&self, key: &SessionKey) {
+        if let Some(g) = self.gates.get(key) {
+            g.ended.send_replace(true);
+        }
     }
 
     /// Closes `key` for a login whose own request holds `own`: refuses new requests,
@@ -141,6 +182,7 @@ impl InFlight {
             }
             st.closed = true;
         }
+        gate.ended.send_replace(true);
         let mut closing = Closing {
             key: own.key,
             gate: gate.clone(),
@@ -170,7 +212,7 @@ impl InFlight {
     fn forget_if_idle(&self, key: &SessionKey, gate: &Arc<Gate>) {
         self.gates.remove_if(key, |_, g| {
             let st = lock(&g.state);
-            Arc::ptr_eq(g, gate) && st.admitted == 0 && !st.closed
+            Arc::ptr_eq(g, gate) && st.admitted == 0 && st.streams == 0 && !st.closed
         });
     }
 
@@ -248,6 +290,33 @@ mod tests {
             not_cancelled.is_err(),
             "a request after the login is not cancelled"
         );
+    }
+
+    #[tokio::test]
+    async fn a_login_ends_streams_at_once_without_waiting_for_them() {
+        let f = Arc::new(InFlight::default());
+        let stream = f.admit(key(1)).unwrap().into_stream();
+        let ended = stream.ended();
+        let login = f.admit(key(1)).unwrap();
+        let closing = tokio::time::timeout(
+            Duration::from_secs(1),
+            f.close(&login, Duration::from_secs(30)),
+        )
+        .await
+        .expect("a stream must not hold up the login")
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(1), ended)
+            .await
+            .expect("the stream is told to end");
+        drop((closing, login, stream));
+        assert!(f.is_empty());
+        // A logout ends streams too.
+        let stream = f.admit(key(2)).unwrap().into_stream();
+        let ended = stream.ended();
+        f.end_streams(&key(2));
+        tokio::time::timeout(Duration::from_secs(1), ended)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -91,7 +91,11 @@ pub struct ResponseView<'a> {
 impl Rule {
     /// `path` is the canonical path; it is folded here as the rule's own path was.
     pub fn matches_request(&self, method: &Method, path: &str) -> bool {
-        if !(self.methods.is_empty() || self.methods.contains(method)) {
+        let listed = self
+            .methods
+            .iter()
+            .any(|m| m.as_str().eq_ignore_ascii_case(method.as_str()));
+        if !(self.methods.is_empty() || listed) {
             return false;
         }
         let folded = crate::canon::rule_path(path);

@@ -168,14 +168,14 @@ impl AppState {
     pub async fn handle(
         self: Arc<Self>,
         conn: ConnInfo,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let method = req.method().clone();
         // Only the path: query strings can carry session IDs and personal data.
         let raw_path = req.uri().path().to_owned();
         let mut route_name = "-".to_owned();
-        let result = match read_request(&req) {
+        let result = match read_request(&mut req) {
             Err(e) => Err(e),
             Ok(canon) => match self.router.route(
                 canon.host.as_ref().map(|h| h.name.as_str()),
@@ -308,9 +308,12 @@ impl AppState {
             tls: conn.tls,
         };
         let up_req = upstream::prepare_request(route, parts, body, &out)?;
-        let mut resp = self
+        let (mut resp, relay) = self
             .send(route, up_req, upgrade.as_deref(), client_upgrade)
             .await?;
+        if let Some(relay) = relay {
+            tokio::spawn(relay_upgraded(relay, None));
+        }
         if !route.protected.is_empty() {
             let dropped = vault::capture(
                 resp.headers_mut(),
@@ -340,7 +343,7 @@ impl AppState {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         upstream::check_declared_length(ctx.route, req.headers())?;
         let (mut parts, body) = req.into_parts();
-        let (body, buffered) = self.read_body(&mut ctx, &parts, body).await?;
+        let (body, buffered) = self.read_body(&mut ctx, &mut parts, body).await?;
         self.detect_login(&mut ctx, &parts.method);
         if ctx.login.is_some_and(Rule::needs_body) {
             // Body rules need plain text: ask the app not to compress this response.
@@ -448,11 +451,17 @@ impl AppState {
     async fn read_body(
         &self,
         ctx: &mut Ctx<'_>,
-        parts: &http::request::Parts,
+        parts: &mut http::request::Parts,
         body: Incoming,
     ) -> Result<(Body, bool), ProxyError> {
         let kind = forms::body_kind(&parts.headers);
         if !ctx.canon.has_body || kind == BodyKind::Opaque {
+            return Ok((upstream::client_body(ctx.route, body), false));
+        }
+        if forms::is_encoded(&parts.headers) {
+            // A compressed form (body-parser inflates gzip and deflate) cannot be read
+            // here: it may carry credentials, so it is a login attempt.
+            ctx.attempt = true;
             return Ok((upstream::client_body(ctx.route, body), false));
         }
         let bytes = read_whole(ctx.route, upstream::client_body(ctx.route, body)).await?;
@@ -483,6 +492,11 @@ impl AppState {
         }
         ctx.attempt |= inspected.credentials;
         ctx.subject = inspected.subject;
+        if let Some(ct) = inspected.content_type {
+            let value = HeaderValue::from_str(&ct)
+                .map_err(|_| ProxyError::Internal("multipart Content-Type".into()))?;
+            parts.headers.insert(header::CONTENT_TYPE, value);
+        }
         Ok((crate::full_body(inspected.body), true))
     }
 
@@ -633,8 +647,9 @@ impl AppState {
         upstream::prepare_request(ctx.route, parts, body, &out)
     }
 
-    /// Phase: send, unless a login on this session cancels the request first. The
-    /// ticket is released once the response head is in.
+    /// Phase: send, unless a login on this session cancels the request first. Once the
+    /// response head is in, the request is answered; an answer that streams on (no length,
+    /// or a tunnel) keeps its ticket as a stream, which a login or logout ends.
     async fn send_admitted(
         &self,
         ctx: &mut Ctx<'_>,
@@ -643,7 +658,7 @@ impl AppState {
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Result<Response<Body>, ProxyError> {
         let send = self.send(ctx.route, up_req, upgrade, client_upgrade);
-        let resp = match (ctx.ticket.as_mut(), ctx.closing.is_some()) {
+        let sent = match (ctx.ticket.as_mut(), ctx.closing.is_some()) {
             // The login itself holds the session closed: nothing can cancel it.
             (Some(ticket), false) => {
                 tokio::select! {
@@ -654,10 +669,38 @@ impl AppState {
             }
             _ => send.await,
         };
-        if ctx.closing.is_none() {
-            ctx.ticket = None;
+        let (resp, relay) = sent?;
+        let ticket = match (ctx.closing.is_some(), ctx.logout.is_some()) {
+            // A login holds its own ticket until it has committed.
+            (true, _) => None,
+            // A logout's own answer is not one of the streams it ends: released here.
+            (false, true) => {
+                ctx.ticket = None;
+                None
+            }
+            (false, false) => ctx.ticket.take(),
+        };
+        let streams = relay.is_some()
+            || !(resp.body().is_end_stream() || resp.body().size_hint().exact().is_some());
+        match (ticket, streams) {
+            (Some(ticket), true) => {
+                let ticket = ticket.into_stream();
+                let ended = ticket.ended();
+                match relay {
+                    Some(relay) => {
+                        tokio::spawn(relay_upgraded(relay, Some((Box::pin(ended), ticket))));
+                        Ok(resp)
+                    }
+                    None => Ok(resp.map(|b| crate::body::until(b, ended, ticket))),
+                }
+            }
+            (_, _) => {
+                if let Some(relay) = relay {
+                    tokio::spawn(relay_upgraded(relay, None));
+                }
+                Ok(resp)
+            }
         }
-        resp
     }
 
     async fn send(
@@ -666,7 +709,7 @@ impl AppState {
         up_req: Request<Body>,
         upgrade: Option<&str>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> Result<(Response<Body>, Option<Relay>), ProxyError> {
         let started = Instant::now();
         let sent = self.upstream.send(route, up_req).await;
         self.metrics
@@ -679,6 +722,7 @@ impl AppState {
         let mut up_resp = sent?;
         // For the access log line, which is written once the response is complete.
         up_resp.extensions_mut().insert(UpstreamTime(upstream_time));
+        let mut relay = None;
         if up_resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             let agreed = up_resp
                 .headers()
@@ -687,8 +731,10 @@ impl AppState {
                 .map(|v| v.trim().to_ascii_lowercase());
             match (client_upgrade, upgrade) {
                 (Some(client), Some(asked)) if agreed.as_deref() == Some(asked) => {
-                    let upstream_upgrade = hyper::upgrade::on(&mut up_resp);
-                    tokio::spawn(relay_upgraded(client, upstream_upgrade));
+                    relay = Some(Relay {
+                        client,
+                        upstream: hyper::upgrade::on(&mut up_resp),
+                    });
                 }
                 // A switch nobody asked for, or to another protocol: no tunnel.
                 _ => {
@@ -698,7 +744,7 @@ impl AppState {
                 }
             }
         }
-        Ok(prepare_response(up_resp, route.body_idle_timeout))
+        Ok((prepare_response(up_resp, route.body_idle_timeout), relay))
     }
 
     /// Phase: the rule's outcome, read from the response head and a capped body peek.
@@ -791,6 +837,10 @@ impl AppState {
                 resp.headers_mut()
                     .insert("clear-site-data", HeaderValue::from_static("\"cookies\""));
             }
+            if let Some(cur) = current {
+                // Streams opened on the session (a WebSocket, an event stream) end with it.
+                self.inflight.end_streams(&cur.key);
+            }
             Some(sessions.logout(current, route, ctx.now).await?)
         } else {
             sessions
@@ -806,7 +856,12 @@ impl AppState {
 }
 
 /// Phase (before routing): the canonical reading of the request.
-fn read_request(req: &Request<Incoming>) -> Result<Canonical, ProxyError> {
+fn read_request(req: &mut Request<Incoming>) -> Result<Canonical, ProxyError> {
+    // Django and Werkzeug upper-case the method (`post` is POST to them), PHP does not:
+    // the app gets the standard spelling, as the rules read it.
+    if let Some(m) = canon::standard_method(req.method()) {
+        *req.method_mut() = m;
+    }
     let host = canon::request_host(req).map_err(ProxyError::BadRequest)?;
     if req.uri().path() == "*" || req.uri().path().is_empty() {
         return Err(ProxyError::BadRequest(
@@ -893,25 +948,33 @@ fn finish(route: &Route, resp: &mut Response<Body>, set_cookie: Option<HeaderVal
     }
 }
 
-/// A `Location` carrying a vaulted session ID (URL rewriting) loses it.
+/// Response headers that carry a URL (`Location`, `Content-Location`, `Refresh`'s
+/// `url=`) lose any vaulted session ID a URL-rewriting app (Tomcat, PHP trans-sid) put in
+/// them: the browser must never read the app's ID.
 fn strip_location(route: &Route, resp: &mut Response<Body>) {
-    let Some(loc) = resp
-        .headers()
-        .get(header::LOCATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return;
-    };
-    if let Some(stripped) = vault::strip_location(loc, &route.protected) {
+    for name in [header::LOCATION, header::CONTENT_LOCATION, header::REFRESH] {
+        let Some(value) = resp.headers().get(&name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let stripped = if name == header::REFRESH {
+            // `5; url=/next;jsessionid=..`: only the URL part.
+            value.to_ascii_lowercase().find("url=").and_then(|i| {
+                let (head, url) = value.split_at(i + 4);
+                vault::strip_location(url, &route.protected).map(|u| format!("{head}{u}"))
+            })
+        } else {
+            vault::strip_location(value, &route.protected)
+        };
+        let Some(stripped) = stripped else { continue };
         match HeaderValue::from_str(&stripped) {
             Ok(v) => {
-                resp.headers_mut().insert(header::LOCATION, v);
+                resp.headers_mut().insert(&name, v);
             }
             Err(_) => {
-                resp.headers_mut().remove(header::LOCATION);
+                resp.headers_mut().remove(&name);
             }
         }
-        debug!(route = %route.name, "removed a vaulted session ID from Location");
+        debug!(route = %route.name, header = %name, "removed a vaulted session ID from a URL header");
     }
 }
 
@@ -938,15 +1001,42 @@ fn harden_set_cookies(route: &Route, headers: &mut http::HeaderMap) {
     }
 }
 
-async fn relay_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    match tokio::try_join!(client, upstream) {
-        Ok((client, upstream)) => {
-            let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                debug!(error = %e, "upgraded connection closed with an error");
+/// Both ends of an accepted protocol switch.
+struct Relay {
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+}
+
+/// What ends a tunnel opened on a session early (a login or logout on it), and the
+/// ticket that keeps it known to the login.
+type TunnelGuard = (
+    std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    Ticket,
+);
+
+async fn relay_upgraded(relay: Relay, guard: Option<TunnelGuard>) {
+    let (ended, _ticket) = match guard {
+        Some((ended, ticket)) => (ended, Some(ticket)),
+        None => (
+            Box::pin(std::future::pending())
+                as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+            None,
+        ),
+    };
+    let copy = async {
+        match tokio::try_join!(relay.client, relay.upstream) {
+            Ok((client, upstream)) => {
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    debug!(error = %e, "upgraded connection closed with an error");
+                }
             }
+            Err(e) => debug!(error = %e, "protocol upgrade failed"),
         }
-        Err(e) => debug!(error = %e, "protocol upgrade failed"),
+    };
+    tokio::select! {
+        () = copy => {}
+        () = ended => debug!("a login or logout on its session closed a tunnel"),
     }
 }

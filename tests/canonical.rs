@@ -45,6 +45,10 @@ async fn the_app_receives_the_canonical_target() {
         assert_eq!(status, 200, "{sent}: {text}");
         assert_eq!(up.last().uri.to_string(), received, "{sent}");
     }
+    // A standard method in another case reaches the app in its standard spelling
+    // (Django and Werkzeug upper-case it; the rules compare it that way too).
+    raw(&proxy, &get("/m", "").replace("GET", "post")).await;
+    assert_eq!(up.last().method, http::Method::POST);
     // With keep_path_params, ;params other than vaulted names travel on.
     let proxy = Proxy::start(&route(&up, "keep_path_params = true")).await;
     raw(&proxy, &get("/shop;v=1/cart", "")).await;

@@ -996,6 +996,39 @@ stack_tests!(php, Stack::Php, {
         }
     }
 
+    /// PHP takes the first `boundary` substring of Content-Type (`rfc1867.c`), multer the
+    /// `boundary=` parameter: parts hidden in a field's value become real to PHP. The
+    /// body sessiongate forwards is re-encoded under a boundary of its own, in its own
+    /// Content-Type.
+    #[tokio::test]
+    async fn a_second_multipart_boundary_hides_nothing() {
+        let (app, proxy) = start(Stack::Php).await;
+        let body = "--real\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n\
+                    --zzz\r\nContent-Disposition: form-data; name=\"PHPSESSID\"\r\n\r\nattackerboundary1\r\n\
+                    --zzz--\r\n--real--\r\n";
+        let make = || {
+            Request::post("/whoami")
+                .header(
+                    "content-type",
+                    "multipart/form-data; xboundary=zzz; boundary=real",
+                )
+                .body(full_body(body))
+                .unwrap()
+        };
+        Browser::direct(app.addr).send(make()).await;
+        assert!(
+            app.php_saw_session_id("attackerboundary1"),
+            "PHP should read the hidden part directly"
+        );
+        std::fs::remove_file(app.sessions_dir().join("sess_attackerboundary1")).unwrap();
+        let r = Browser::new(&proxy).send(make()).await;
+        assert!(r.status.as_u16() < 500, "{r:?}");
+        assert!(
+            !app.php_saw_session_id("attackerboundary1"),
+            "the hidden part reached PHP"
+        );
+    }
+
     /// Class 1: with `session.name=my_sid`, PHP reads `my.sid`, `my sid` and `my[sid` as
     /// `my_sid`.
     #[tokio::test]

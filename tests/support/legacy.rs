@@ -8,6 +8,8 @@
 //! - `POST /logout` -> 200 `bye`, session destroyed
 //! - `GET /set?i=N` -> sets cookie `vN`
 //! - `GET /echo` -> the Cookie header and the target it received
+//! - `GET /events` -> an event stream, no length: `data: <user>` every 100 ms, the session
+//!   read again for every event (as long-poll and server-sent-event apps do)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -140,6 +142,9 @@ async fn handle(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
 
+    if (method.as_str(), path.as_str()) == ("GET", "/events") {
+        return events(sessions, sid);
+    }
     let (status, location, text) = match (method.as_str(), path.as_str()) {
         ("GET", "/whoami") => {
             let user = sessions.lock().unwrap().get(&sid).cloned().flatten();
@@ -176,6 +181,31 @@ async fn handle(
         b = b.header("set-cookie", c);
     }
     b.body(full_body(text)).unwrap()
+}
+
+fn events(sessions: Arc<Mutex<HashMap<String, Option<String>>>>, sid: String) -> Response<Body> {
+    let ticks = futures_util::stream::unfold(0u32, move |n| {
+        let sessions = sessions.clone();
+        let sid = sid.clone();
+        async move {
+            if n >= 100 {
+                return None;
+            }
+            if n > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let user = sessions.lock().unwrap().get(&sid).cloned().flatten();
+            let line = format!("data: {}\n\n", user.as_deref().unwrap_or("anonymous"));
+            Some((
+                Ok::<_, sessiongate::BoxError>(hyper::body::Frame::data(bytes::Bytes::from(line))),
+                n + 1,
+            ))
+        }
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(http_body_util::StreamBody::new(ticks).boxed())
+        .unwrap()
 }
 
 pub async fn login(b: &mut Browser, user: &str) -> Reply {

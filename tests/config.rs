@@ -259,3 +259,38 @@ fn missing_config_file_is_a_clear_error() {
         &["cannot read config file /nonexistent/sessiongate.toml"],
     );
 }
+
+#[test]
+fn route_problems_name_their_own_key_and_line() {
+    let err = error_of(&format!(
+        "{PLAIN}[[routes]]\nupstream = \"http://127.0.0.1:8000\"\nbody_idle_timeout = \"0s\"\n[[routes]]\npath_prefix = \"/x\"\nupstream = \"http://127.0.0.1:8000\"\nhost = \"*.example.com\"\n"
+    ));
+    assert_mentions(
+        &err,
+        &["routes[0].body_idle_timeout", "line 9", "routes[1].host"],
+    );
+    assert!(!err.contains("response_timeout"), "{err}");
+}
+
+#[test]
+fn rule_patterns_are_checked_where_they_are_written() {
+    let rule = |body: &str| {
+        format!(
+            "{PLAIN}{ROUTE}[routes.session]\nvault = [\"SID\"]\n[[routes.session.login]]\n{body}\n"
+        )
+    };
+    let err = error_of(&rule("path_regex = \"(\"\nsuccess = { status = [302] }"));
+    assert_mentions(&err, &["line 8", "invalid regex"]);
+    let err = error_of(&rule(
+        "path = \"/login\"\nsuccess = { header = { name = \"bad name\" } }",
+    ));
+    assert_mentions(&err, &["line 9", "invalid header name"]);
+    let err = error_of(&rule(
+        "path = \"/login\"\nmethods = [\"P O S T\"]\nsuccess = { status = [302] }",
+    ));
+    assert_mentions(&err, &["line 9", "invalid HTTP method"]);
+    let err = error_of(&format!("{PLAIN}{ROUTE}upgrades = [\"web socket\"]\n"));
+    assert_mentions(&err, &["line 5", "invalid Upgrade protocol"]);
+    let err = error_of(&format!("{PLAIN}[[routes]]\nupstream = \"ftp://x\"\n"));
+    assert_mentions(&err, &["line 4", "http:// or https://"]);
+}

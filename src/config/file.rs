@@ -242,7 +242,7 @@ pub struct RawRoute {
     /// any other `Upgrade` (such as `h2c`, which would open an unfiltered tunnel) is
     /// removed and the request forwarded as a plain one.
     #[serde(default = "defaults::upgrades")]
-    pub upgrades: Vec<MethodName>,
+    pub upgrades: Vec<UpgradeToken>,
     /// `TRACE` and `TRACK` echo the request, injected vault cookies included: 405 unless
     /// allowed here.
     #[serde(default)]
@@ -302,7 +302,7 @@ pub struct RawRule {
     /// Exactly one of `path`, `path_prefix`, `path_regex`.
     pub path: Option<Spanned<PathPrefix>>,
     pub path_prefix: Option<Spanned<PathPrefix>>,
-    pub path_regex: Option<Spanned<RegexStr>>,
+    pub path_regex: Option<Spanned<PathRegex>>,
     /// All listed criteria must hold for success.
     #[serde(default)]
     pub success: RawCriteria,
@@ -335,10 +335,10 @@ pub struct RawCriteria {
     pub header: Option<RawHeaderMatch>,
     /// The response sets a cookie of this name.
     pub set_cookie: Option<CookieName>,
-    pub body_contains: Option<String>,
-    pub body_not_contains: Option<String>,
-    pub body_regex: Option<RegexStr>,
-    pub body_not_regex: Option<RegexStr>,
+    pub body_contains: Option<BodyText>,
+    pub body_not_contains: Option<BodyText>,
+    pub body_regex: Option<BodyRegex>,
+    pub body_not_regex: Option<BodyRegex>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -438,45 +438,79 @@ checked_string!(
     CookieName,
     check_cookie_name
 );
-checked_string!(
+/// Declares a newtype holding a value parsed once, while deserialising: a bad value is
+/// reported by toml with its line and column, and nothing parses it again later.
+macro_rules! parsed {
+    ($(#[$doc:meta])* $name:ident($ty:ty), $parse:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name(pub $ty);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                let parse: fn(&str) -> Result<$ty, String> = $parse;
+                parse(&s).map($name).map_err(de::Error::custom)
+            }
+        }
+    };
+}
+
+parsed!(
     /// `http://host:port` or `https://host:port`, optionally with a base path.
-    UpstreamUrl,
-    check_upstream_url
+    UpstreamUrl(super::Upstream),
+    parse_upstream_url
 );
-
-checked_string!(
+parsed!(
     /// An HTTP method token such as `POST`.
-    MethodName,
-    check_method
+    MethodName(http::Method),
+    |s| http::Method::from_bytes(s.as_bytes()).map_err(|_| format!("invalid HTTP method {s:?}"))
 );
-checked_string!(
+parsed!(
+    /// A protocol token for `Upgrade` (`websocket`), lower-cased.
+    UpgradeToken(String),
+    |s| {
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b)) {
+            Ok(s.to_ascii_lowercase())
+        } else {
+            Err(format!("invalid Upgrade protocol {s:?}: a token such as \"websocket\""))
+        }
+    }
+);
+parsed!(
     /// A header name.
-    HeaderNameStr,
-    check_header_name
+    HeaderNameStr(http::HeaderName),
+    |s| http::HeaderName::from_bytes(s.as_bytes()).map_err(|_| format!("invalid header name {s:?}"))
 );
-checked_string!(
-    /// A regular expression (Rust `regex` syntax), compiled once at start-up.
-    RegexStr,
-    check_regex
+parsed!(
+    /// A regular expression over text (Rust `regex` syntax).
+    RegexStr(regex::Regex),
+    |s| regex::Regex::new(s).map_err(|e| format!("invalid regex {s:?}: {e}"))
 );
-
-fn check_method(s: &str) -> Result<(), String> {
-    http::Method::from_bytes(s.as_bytes())
-        .map(drop)
-        .map_err(|_| format!("invalid HTTP method {s:?}"))
-}
-
-fn check_header_name(s: &str) -> Result<(), String> {
-    http::HeaderName::from_bytes(s.as_bytes())
-        .map(drop)
-        .map_err(|_| format!("invalid header name {s:?}"))
-}
-
-fn check_regex(s: &str) -> Result<(), String> {
-    regex::Regex::new(s)
-        .map(drop)
-        .map_err(|e| format!("invalid regex {s:?}: {e}"))
-}
+parsed!(
+    /// A regular expression over the request path, case-insensitive (frameworks route
+    /// `/Login` like `/login`).
+    PathRegex(regex::Regex),
+    |s| {
+        regex::RegexBuilder::new(s)
+            .case_insensitive(true)
+            .build()
+            .map_err(|e| format!("invalid regex {s:?}: {e}"))
+    }
+);
+parsed!(
+    /// A regular expression over the response body's bytes.
+    BodyRegex(regex::bytes::Regex),
+    |s| regex::bytes::Regex::new(s).map_err(|e| format!("invalid regex {s:?}: {e}"))
+);
+parsed!(
+    /// A plain string to find in the response body.
+    BodyText(regex::bytes::Regex),
+    |s| {
+        regex::bytes::Regex::new(&regex::escape(s))
+            .map_err(|e| format!("{s:?} is too long to search for: {e}"))
+    }
+);
 
 fn check_route_name(s: &str) -> Result<(), String> {
     if !s.is_empty()
@@ -541,7 +575,7 @@ fn check_cookie_name(s: &str) -> Result<(), String> {
     }
 }
 
-fn check_upstream_url(s: &str) -> Result<(), String> {
+fn parse_upstream_url(s: &str) -> Result<super::Upstream, String> {
     let uri: http::Uri = s
         .parse()
         .map_err(|e| format!("invalid upstream URL {s:?}: {e}"))?;
@@ -561,7 +595,14 @@ fn check_upstream_url(s: &str) -> Result<(), String> {
             "invalid upstream URL {s:?}: a query string is not allowed"
         ));
     }
-    Ok(())
+    let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+        return Err(format!("invalid upstream URL {s:?}: it has no host"));
+    };
+    Ok(super::Upstream {
+        scheme,
+        authority,
+        base_path: uri.path().trim_end_matches('/').to_owned(),
+    })
 }
 
 mod defaults {
@@ -648,8 +689,8 @@ mod defaults {
     pub fn sweep_interval() -> Duration {
         Duration::from_secs(30)
     }
-    pub fn upgrades() -> Vec<MethodName> {
-        vec![MethodName("websocket".to_owned())]
+    pub fn upgrades() -> Vec<UpgradeToken> {
+        vec![UpgradeToken("websocket".to_owned())]
     }
     pub fn credential_fields() -> Vec<CookieName> {
         ["password", "passwd", "pwd", "j_password"]

@@ -724,17 +724,17 @@ fn validate_route_session(
             ),
         );
     }
-    let mut compile_all = |rules: &[RawRule], kind: &str| -> Vec<Rule> {
+    let mut compile_all = |rules: &[RawRule], kind: RuleKind| -> Vec<Rule> {
         rules
             .iter()
             .enumerate()
             .filter_map(|(i, rule)| {
-                compile_rule(rule, kind, &format!("{route_key}.session.{kind}[{i}]"), p)
+                compile_rule(rule, kind, &format!("{route_key}.session.{}[{i}]", kind.key()), p)
             })
             .collect()
     };
-    let login = compile_all(&r.login, "login");
-    let logout = compile_all(&r.logout, "logout");
+    let login = compile_all(&r.login, RuleKind::Login);
+    let logout = compile_all(&r.logout, RuleKind::Logout);
     RouteSession {
         vault: NameGuard::new(&vault),
         strip_request_session_ids: r.strip_request_session_ids,
@@ -746,7 +746,23 @@ fn validate_route_session(
     }
 }
 
-fn compile_rule(r: &RawRule, kind: &str, key: &str, p: &mut Problems) -> Option<Rule> {
+/// Which list a rule is in: login rules must say what success looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RuleKind {
+    Login,
+    Logout,
+}
+
+impl RuleKind {
+    fn key(self) -> &'static str {
+        match self {
+            RuleKind::Login => "login",
+            RuleKind::Logout => "logout",
+        }
+    }
+}
+
+fn compile_rule(r: &RawRule, kind: RuleKind, key: &str, p: &mut Problems) -> Option<Rule> {
     let paths = [
         r.path.as_ref().map(|s| {
             (
@@ -757,18 +773,9 @@ fn compile_rule(r: &RawRule, kind: &str, key: &str, p: &mut Problems) -> Option<
         r.path_prefix
             .as_ref()
             .map(|s| (s.span(), PathMatch::Prefix(s.get_ref().0.to_lowercase()))),
-        r.path_regex.as_ref().and_then(|s| {
-            // Case-insensitive, like the other two: frameworks route `/Login` too.
-            Some((
-                s.span(),
-                PathMatch::Regex(
-                    regex::RegexBuilder::new(&s.get_ref().0)
-                        .case_insensitive(true)
-                        .build()
-                        .ok()?,
-                ),
-            ))
-        }),
+        r.path_regex
+            .as_ref()
+            .map(|s| (s.span(), PathMatch::Regex(s.get_ref().0.clone()))),
     ];
     let mut given: Vec<(Range<usize>, PathMatch)> = paths.into_iter().flatten().collect();
     if given.len() != 1 {
@@ -782,7 +789,7 @@ fn compile_rule(r: &RawRule, kind: &str, key: &str, p: &mut Problems) -> Option<
     let (_, path) = given.remove(0);
     let success = compile_criteria(&r.success);
     let failure = compile_criteria(&r.failure);
-    if kind == "login" && success.is_empty() {
+    if kind == RuleKind::Login && success.is_empty() {
         p.add(
             format!("{key}.success"),
             None,
@@ -793,9 +800,7 @@ fn compile_rule(r: &RawRule, kind: &str, key: &str, p: &mut Problems) -> Option<
         None => None,
         Some(s) => match (&s.form_field, &s.response_header) {
             (Some(f), None) => Some(SubjectSource::FormField(f.clone())),
-            (None, Some(h)) => http::HeaderName::from_bytes(h.0.as_bytes())
-                .ok()
-                .map(SubjectSource::ResponseHeader),
+            (None, Some(h)) => Some(SubjectSource::ResponseHeader(h.0.clone())),
             _ => {
                 p.add(
                     format!("{key}.subject"),
@@ -806,11 +811,7 @@ fn compile_rule(r: &RawRule, kind: &str, key: &str, p: &mut Problems) -> Option<
             }
         },
     };
-    let methods = r
-        .methods
-        .iter()
-        .filter_map(|m| http::Method::from_bytes(m.0.as_bytes()).ok())
-        .collect();
+    let methods = r.methods.iter().map(|m| m.0.clone()).collect();
     Some(Rule {
         methods,
         path,
@@ -824,21 +825,9 @@ fn compile_rule(r: &RawRule, kind: &str, key: &str, p: &mut Problems) -> Option<
 }
 
 fn compile_criteria(c: &RawCriteria) -> Vec<Criterion> {
-    // Every string here was already checked by its newtype, so compiling cannot fail;
-    // `filter_map` keeps that promise without a panic path.
-    let body = |s: &Option<String>, present: bool| {
-        s.as_ref().and_then(|s| {
-            regex::bytes::Regex::new(&regex::escape(s))
-                .ok()
-                .map(|pattern| Criterion::Body { pattern, present })
-        })
-    };
-    let body_re = |s: &Option<file::RegexStr>, present: bool| {
-        s.as_ref().and_then(|s| {
-            regex::bytes::Regex::new(&s.0)
-                .ok()
-                .map(|pattern| Criterion::Body { pattern, present })
-        })
+    let body = |pattern: &regex::bytes::Regex, present: bool| Criterion::Body {
+        pattern: pattern.clone(),
+        present,
     };
     let mut out = Vec::new();
     if !c.status.is_empty() {
@@ -848,20 +837,18 @@ fn compile_criteria(c: &RawCriteria) -> Vec<Criterion> {
         out.push(Criterion::StatusNotIn(c.status_not.clone()));
     }
     if let Some(h) = &c.header {
-        if let Ok(name) = http::HeaderName::from_bytes(h.name.0.as_bytes()) {
-            out.push(Criterion::Header {
-                name,
-                regex: h.regex.as_ref().and_then(|r| regex::Regex::new(&r.0).ok()),
-            });
-        }
+        out.push(Criterion::Header {
+            name: h.name.0.clone(),
+            regex: h.regex.as_ref().map(|r| r.0.clone()),
+        });
     }
     if let Some(name) = &c.set_cookie {
         out.push(Criterion::SetCookie(name.0.clone()));
     }
-    out.extend(body(&c.body_contains, true));
-    out.extend(body(&c.body_not_contains, false));
-    out.extend(body_re(&c.body_regex, true));
-    out.extend(body_re(&c.body_not_regex, false));
+    out.extend(c.body_contains.iter().map(|t| body(&t.0, true)));
+    out.extend(c.body_not_contains.iter().map(|t| body(&t.0, false)));
+    out.extend(c.body_regex.iter().map(|r| body(&r.0, true)));
+    out.extend(c.body_not_regex.iter().map(|r| body(&r.0, false)));
     out
 }
 
@@ -889,19 +876,14 @@ fn validate_routes(raw: &[RawRoute], session: &SessionConfig, p: &mut Problems) 
             );
         }
         seen.push((host, prefix, i));
-        routes.extend(compile_route(i, r, session, p));
+        routes.push(compile_route(i, r, session, p));
     }
     protect_shared_upstreams(&mut routes);
     routes.into_iter().map(Arc::new).collect()
 }
 
-/// One `[[routes]]` entry, checked and compiled (`None` when its upstream is unusable).
-fn compile_route(
-    i: usize,
-    r: &RawRoute,
-    session: &SessionConfig,
-    p: &mut Problems,
-) -> Option<Route> {
+/// One `[[routes]]` entry, checked and compiled.
+fn compile_route(i: usize, r: &RawRoute, session: &SessionConfig, p: &mut Problems) -> Route {
     let key = |field: &str| format!("routes[{i}].{field}");
     let host = r.host.as_ref().map(|h| h.get_ref().0.to_ascii_lowercase());
     if let (Some(h), Some(raw)) = (&host, &r.host) {
@@ -925,14 +907,7 @@ fn compile_route(
         .session
         .as_ref()
         .map(|s| validate_route_session(s, session, &format!("routes[{i}]"), p));
-    let Some(upstream) = parse_upstream(&r.upstream.get_ref().0) else {
-        p.add(
-            key("upstream"),
-            Some(r.upstream.span()),
-            "not a valid http:// or https:// URL",
-        );
-        return None;
-    };
+    let upstream = r.upstream.get_ref().0.clone();
     let mut script_readable: Vec<String> = r
         .cookies
         .script_readable
@@ -941,7 +916,7 @@ fn compile_route(
         .collect();
     script_readable.sort();
     script_readable.dedup();
-    Some(Route {
+    Route {
         name: r
             .name
             .as_ref()
@@ -969,7 +944,7 @@ fn compile_route(
         keep_path_params: r.keep_path_params,
         protected: NameGuard::default(),
         session: route_session,
-    })
+    }
 }
 
 /// Every route gets, as its protected names, the vault of every session route in front of
@@ -996,16 +971,4 @@ fn protect_shared_upstreams(routes: &mut [Route]) {
     for (route, guard) in routes.iter_mut().zip(shared) {
         route.protected = guard;
     }
-}
-
-fn parse_upstream(s: &str) -> Option<Upstream> {
-    let uri: http::Uri = s.parse().ok()?;
-    let scheme = uri.scheme()?.clone();
-    let authority = uri.authority()?.clone();
-    let base_path = uri.path().trim_end_matches('/').to_owned();
-    Some(Upstream {
-        scheme,
-        authority,
-        base_path,
-    })
 }

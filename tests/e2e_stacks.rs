@@ -522,6 +522,12 @@ async fn login_logout_through_the_proxy(stack: Stack) {
     stack.assert_account(&mut b, Some("alice")).await;
     assert_only_sg(stack, &b);
 
+    // The app session the logged-in ID runs on, as the app sees it.
+    let app_sid = b.get("/sid").await.text().trim().to_owned();
+    assert!(
+        !app_sid.is_empty() && app_sid != "-",
+        "no app session: {app_sid:?}"
+    );
     let r = b.post_form("/logout", &[]).await;
     stack.assert_logout_ok(&r);
     let csd = r
@@ -538,11 +544,21 @@ async fn login_logout_through_the_proxy(stack: Stack) {
     stack.assert_account(&mut b, None).await;
 
     // Neither the logged-in ID nor the pre-login one gives alice any more.
+    // The app destroyed its session at logout, so "anonymous" alone proves little: the
+    // replay must not run on that app session either (PHP and the Flask app would revive
+    // it under the same id if sessiongate still sent the vaulted cookie).
     for old in [&alice_id, &anonymous_id] {
         let mut replay = Browser::new(&proxy);
         replay.plant(SG, old);
         assert_eq!(whoami(&mut replay).await, "anonymous", "old {SG} {old}");
         stack.assert_account(&mut replay, None).await;
+        let mut replay = Browser::new(&proxy);
+        replay.plant(SG, old);
+        let sid = replay.get("/sid").await.text().trim().to_owned();
+        assert_ne!(
+            sid, app_sid,
+            "a replayed {SG} still ran on the logged-out app session"
+        );
     }
 }
 
@@ -1079,6 +1095,27 @@ stack_tests!(php, Stack::Php, {
         // PHP with use_only_cookies=0 also takes PHPSESSID from a POST field; a
         // cross-site auto-submitted form could use that to fix the victim's app session.
         let (app, proxy) = start(Stack::Php).await;
+        // Directly, the field fixes the session: the attacker then rides alice's login.
+        let mut direct = Browser::direct(app.addr);
+        let r = direct
+            .post_form(
+                "/login",
+                &[
+                    ("PHPSESSID", "attackerbody0"),
+                    ("username", "alice"),
+                    ("password", "wonderland"),
+                ],
+            )
+            .await;
+        Stack::Php.assert_login_ok(&r, "alice");
+        let mut attacker = Browser::direct(app.addr);
+        attacker.plant("PHPSESSID", "attackerbody0");
+        assert_eq!(
+            whoami(&mut attacker).await,
+            "alice",
+            "the POST-field attack should work directly"
+        );
+
         let mut victim = Browser::new(&proxy);
         let r = victim
             .post_form(

@@ -729,7 +729,12 @@ fn validate_route_session(
             .iter()
             .enumerate()
             .filter_map(|(i, rule)| {
-                compile_rule(rule, kind, &format!("{route_key}.session.{}[{i}]", kind.key()), p)
+                compile_rule(
+                    rule,
+                    kind,
+                    &format!("{route_key}.session.{}[{i}]", kind.key()),
+                    p,
+                )
             })
             .collect()
     };

@@ -23,6 +23,8 @@ pub enum ProxyError {
     MethodNotAllowed(&'static str),
     #[error("not implemented: {0}")]
     NotImplemented(&'static str),
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(&'static str),
     #[error("cannot connect to the upstream: {0}")]
     UpstreamConnect(#[source] BoxError),
     #[error("upstream request failed: {0}")]
@@ -57,7 +59,8 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(r)
             | ProxyError::MethodNotAllowed(r)
-            | ProxyError::NotImplemented(r) => Some(r),
+            | ProxyError::NotImplemented(r)
+            | ProxyError::UnsupportedMediaType(r) => Some(r),
             _ => None,
         }
     }
@@ -69,6 +72,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Store { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -83,7 +87,8 @@ impl ProxyError {
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequest(_)
             | ProxyError::MethodNotAllowed(_)
-            | ProxyError::NotImplemented(_) => Side::Client,
+            | ProxyError::NotImplemented(_)
+            | ProxyError::UnsupportedMediaType(_) => Side::Client,
             ProxyError::UpstreamConnect(_)
             | ProxyError::Upstream(_)
             | ProxyError::UpstreamTimeout(_) => Side::Upstream,
@@ -104,6 +109,9 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => "This method is not allowed here.",
             ProxyError::NotImplemented(_) => {
                 "The request uses a transfer coding this server does not implement."
+            }
+            ProxyError::UnsupportedMediaType(_) => {
+                "The request body's media type or charset is not accepted here."
             }
             ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => {
                 "The application behind this proxy could not be reached or failed to answer."

@@ -87,6 +87,37 @@ pub fn is_encoded(headers: &HeaderMap) -> bool {
     })
 }
 
+/// More fields than any form has (PHP reads 1,000 by default): refused, so that a body of
+/// millions of tiny fields cannot tie up a worker.
+pub const MAX_FIELDS: usize = 10_000;
+
+/// Whether the body's charset (if any) reads field names as ASCII does: a name such as
+/// `password` in UTF-16 (which Tomcat decodes) would otherwise hide from every reading.
+pub fn ascii_compatible_charset(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return true;
+    };
+    ct.split(';').skip(1).all(|param| {
+        let Some((k, v)) = param.split_once('=') else {
+            return true;
+        };
+        if !k.trim().eq_ignore_ascii_case("charset") {
+            return true;
+        }
+        let v = v.trim().trim_matches('"').to_ascii_lowercase();
+        v == "utf-8"
+            || v == "utf8"
+            || v == "us-ascii"
+            || v == "ascii"
+            || v.starts_with("iso-8859-")
+            || v == "latin1"
+            || v.starts_with("windows-125")
+    })
+}
+
 /// What reading a body found.
 #[derive(Debug, Default)]
 pub struct Inspected {
@@ -120,6 +151,8 @@ pub enum FormError {
     ProtectedPart,
     #[error("a multipart part name or file name cannot be re-encoded unambiguously")]
     Unencodable,
+    #[error("the form has more than {MAX_FIELDS} fields")]
+    TooManyFields,
 }
 
 /// Reads a whole body of the given kind.
@@ -133,7 +166,7 @@ pub async fn inspect(
             body,
             ..Inspected::default()
         }),
-        BodyKind::UrlEncoded => Ok(urlencoded(body, what)),
+        BodyKind::UrlEncoded => urlencoded(body, what),
         BodyKind::Json => Ok(json(body, what)),
         BodyKind::Multipart { boundary } => multipart(body, boundary, what).await,
     }
@@ -148,7 +181,11 @@ pub fn has_credential_field(fields: &[u8], credentials: &NameGuard) -> bool {
             .any(|name| names::names_field(credentials, name))
 }
 
-fn urlencoded(body: Bytes, what: &Inspect<'_>) -> Inspected {
+fn urlencoded(body: Bytes, what: &Inspect<'_>) -> Result<Inspected, FormError> {
+    let fields = body.iter().filter(|&&b| b == b'&' || b == b';').count();
+    if fields >= MAX_FIELDS {
+        return Err(FormError::TooManyFields);
+    }
     let credentials = has_credential_field(&body, what.credentials);
     let subject = what
         .subject_field
@@ -169,7 +206,7 @@ fn urlencoded(body: Bytes, what: &Inspect<'_>) -> Inspected {
         }
         None => out.body = body,
     }
-    out
+    Ok(out)
 }
 
 fn json(body: Bytes, what: &Inspect<'_>) -> Inspected {
@@ -252,6 +289,9 @@ async fn multipart(
                 .map(str::to_owned);
         }
         kept.push(part);
+        if kept.len() + out.removed >= MAX_FIELDS {
+            return Err(FormError::TooManyFields);
+        }
     }
     // A boundary of our own, derived from the content so that the content cannot contain
     // it: the client's Content-Type is not forwarded, so a parser that reads another

@@ -77,6 +77,10 @@ fn exact(n: &[u8]) -> Cow<'_, [u8]> {
 pub struct NameGuard {
     names: Vec<String>,
     keys: Vec<Vec<u8>>,
+    /// The shortest key: no reading makes a name more than 1.5 times longer (Unicode
+    /// lower-casing), so a name under half of it cannot match. Keeps forms with
+    /// millions of short fields cheap.
+    shortest: usize,
 }
 
 impl NameGuard {
@@ -91,6 +95,7 @@ impl NameGuard {
                 }
             }
         }
+        guard.shortest = guard.keys.iter().map(Vec::len).min().unwrap_or(0);
         guard
     }
 
@@ -105,7 +110,9 @@ impl NameGuard {
 
     /// Whether `name`, under any reading, is one of the protected names.
     pub fn matches(&self, name: &[u8]) -> bool {
-        !self.keys.is_empty() && keys(name).iter().any(|k| self.keys.contains(k))
+        !self.keys.is_empty()
+            && name.len().saturating_mul(2) >= self.shortest
+            && keys(name).iter().any(|k| self.keys.contains(k))
     }
 }
 

@@ -458,6 +458,11 @@ impl AppState {
         if !ctx.canon.has_body || kind == BodyKind::Opaque {
             return Ok((upstream::client_body(ctx.route, body), false));
         }
+        if !forms::ascii_compatible_charset(&parts.headers) {
+            return Err(ProxyError::UnsupportedMediaType(
+                "a form in a charset that does not read field names as ASCII",
+            ));
+        }
         if forms::is_encoded(&parts.headers) {
             // A compressed form (body-parser inflates gzip and deflate) cannot be read
             // here: it may carry credentials, so it is a login attempt.
@@ -483,6 +488,7 @@ impl AppState {
                     "a multipart part name cannot be forwarded unambiguously"
                 }
                 forms::FormError::Multipart(_) => "the multipart body could not be parsed",
+                forms::FormError::TooManyFields => "the form has too many fields",
             })
         })?;
         if inspected.removed > 0 {
@@ -905,6 +911,10 @@ fn check_header_values(req: &Request<Incoming>) -> Result<(), ProxyError> {
             ));
         }
     }
+    if req.headers().get_all(header::CONTENT_TYPE).iter().count() > 1 {
+        // PHP, Node and Tomcat read the first, Werkzeug and gunicorn the last.
+        return Err(ProxyError::BadRequest("several Content-Type headers"));
+    }
     for v in req.headers().get_all(header::CONTENT_LENGTH) {
         let b = v.as_bytes();
         if b.len() > 1 && b[0] == b'0' || !b.iter().all(u8::is_ascii_digit) {
@@ -953,28 +963,36 @@ fn finish(route: &Route, resp: &mut Response<Body>, set_cookie: Option<HeaderVal
 /// them: the browser must never read the app's ID.
 fn strip_location(route: &Route, resp: &mut Response<Body>) {
     for name in [header::LOCATION, header::CONTENT_LOCATION, header::REFRESH] {
-        let Some(value) = resp.headers().get(&name).and_then(|v| v.to_str().ok()) else {
-            continue;
-        };
-        let stripped = if name == header::REFRESH {
-            // `5; url=/next;jsessionid=..`: only the URL part.
-            value.to_ascii_lowercase().find("url=").and_then(|i| {
-                let (head, url) = value.split_at(i + 4);
-                vault::strip_location(url, &route.protected).map(|u| format!("{head}{u}"))
-            })
-        } else {
-            vault::strip_location(value, &route.protected)
-        };
-        let Some(stripped) = stripped else { continue };
-        match HeaderValue::from_str(&stripped) {
-            Ok(v) => {
-                resp.headers_mut().insert(&name, v);
-            }
-            Err(_) => {
-                resp.headers_mut().remove(&name);
+        let values: Vec<HeaderValue> = resp.headers().get_all(&name).iter().cloned().collect();
+        let mut changed = false;
+        let mut kept = Vec::with_capacity(values.len());
+        for v in values {
+            let bytes = v.as_bytes();
+            let stripped = if name == header::REFRESH {
+                // `5; url=/next;jsessionid=..`: only the URL part.
+                let lower = bytes.to_ascii_lowercase();
+                lower.windows(4).position(|w| w == b"url=").and_then(|i| {
+                    let (head, url) = bytes.split_at(i + 4);
+                    vault::strip_location(url, &route.protected).map(|u| [head, &u].concat())
+                })
+            } else {
+                vault::strip_location(bytes, &route.protected)
+            };
+            match stripped {
+                None => kept.push(v),
+                Some(s) => {
+                    changed = true;
+                    kept.extend(HeaderValue::from_bytes(&s).ok());
+                }
             }
         }
-        debug!(route = %route.name, header = %name, "removed a vaulted session ID from a URL header");
+        if changed {
+            resp.headers_mut().remove(&name);
+            for v in kept {
+                resp.headers_mut().append(&name, v);
+            }
+            debug!(route = %route.name, header = %name, "removed a vaulted session ID from a URL header");
+        }
     }
 }
 

@@ -254,9 +254,32 @@ fn upstream_uri(route: &Route, pq: &str) -> Result<Uri, ProxyError> {
         .map_err(|_| ProxyError::BadRequest("invalid request target"))
 }
 
+/// Headers with which some apps override the path they route on (IIS, Symfony, Zend):
+/// never from a client, since they would contradict the canonical target.
+const PATH_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
+/// Other proxy-set headers an app may trust for the client's address, host or prefix;
+/// only `append` (behind a trusted load balancer) keeps them.
+const OTHER_FORWARDING: [&str; 6] = [
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-original-host",
+];
+
 fn set_forwarded(h: &mut HeaderMap, mode: ForwardedMode, out: &Outgoing<'_>, host: Option<&str>) {
     let peer = out.peer.to_string();
     let proto = if out.tls { "https" } else { "http" };
+    for name in PATH_OVERRIDES {
+        h.remove(name);
+    }
+    if mode != ForwardedMode::Append {
+        for name in OTHER_FORWARDING {
+            h.remove(name);
+        }
+    }
     match mode {
         ForwardedMode::None => {
             h.remove(X_FORWARDED_FOR);

@@ -197,60 +197,61 @@ pub fn strip_fields(s: &[u8], protected: &NameGuard) -> Option<Vec<u8>> {
     changed.then_some(out)
 }
 
-/// Removes vaulted names from a response's `Location` (`;jsessionid=` path parameters and
-/// query fields that URL-rewriting apps such as Tomcat add): the browser must never read
-/// the app's session ID. Returns the new value when something was removed.
-pub fn strip_location(location: &str, protected: &NameGuard) -> Option<String> {
+/// Removes vaulted names from a URL in a response header (`Location`): `;jsessionid=`
+/// path parameters and query fields that URL-rewriting apps such as Tomcat add. Works on
+/// bytes, since apps write non-ASCII URLs as latin-1. Returns the new value when
+/// something was removed.
+pub fn strip_location(location: &[u8], protected: &NameGuard) -> Option<Vec<u8>> {
     if protected.is_empty() {
         return None;
     }
-    let (rest, fragment) = match location.split_once('#') {
-        Some((r, f)) => (r, Some(f)),
-        None => (location, None),
-    };
-    let (path, query) = match rest.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (rest, None),
-    };
+    let (rest, fragment) = split_at_byte(location, b'#');
+    let (path, query) = split_at_byte(rest, b'?');
     let mut changed = false;
-    let segments: Vec<String> = path
-        .split('/')
-        .map(|seg| {
-            let mut parts = seg.split(';');
-            let head = parts.next().unwrap_or_default();
-            let mut out = head.to_owned();
-            for p in parts {
-                if is_protected_param(p, protected) {
-                    changed = true;
-                } else {
-                    out.push(';');
-                    out.push_str(p);
-                }
+    let mut out = Vec::with_capacity(location.len());
+    for (i, seg) in path.split(|&b| b == b'/').enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        let mut parts = seg.split(|&b| b == b';');
+        out.extend_from_slice(parts.next().unwrap_or_default());
+        for p in parts {
+            let name = p.split(|&b| b == b'=').next().unwrap_or_default();
+            if protected.matches(name) {
+                changed = true;
+            } else {
+                out.push(b';');
+                out.extend_from_slice(p);
             }
-            out
-        })
-        .collect();
-    let mut out = segments.join("/");
+        }
+    }
     if let Some(q) = query {
-        match strip_fields(q.as_bytes(), protected) {
+        match strip_fields(q, protected) {
             Some(stripped) => {
                 changed = true;
                 if !stripped.is_empty() {
-                    out.push('?');
-                    out.push_str(&String::from_utf8_lossy(&stripped));
+                    out.push(b'?');
+                    out.extend_from_slice(&stripped);
                 }
             }
             None => {
-                out.push('?');
-                out.push_str(q);
+                out.push(b'?');
+                out.extend_from_slice(q);
             }
         }
     }
     if let Some(f) = fragment {
-        out.push('#');
-        out.push_str(f);
+        out.push(b'#');
+        out.extend_from_slice(f);
     }
     changed.then_some(out)
+}
+
+fn split_at_byte(s: &[u8], at: u8) -> (&[u8], Option<&[u8]>) {
+    match s.iter().position(|&b| b == at) {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
+    }
 }
 
 /// Whether a `;param` (`name=value`) of a path segment names a protected name.
@@ -381,15 +382,20 @@ mod tests {
     #[test]
     fn locations_lose_vaulted_ids() {
         let g = guard();
+        let strip = |s: &[u8]| strip_location(s, &g);
         assert_eq!(
-            strip_location("/account;jsessionid=ABC?x=1&PHPSESSID=2#top", &g).as_deref(),
-            Some("/account?x=1#top")
+            strip(b"/account;jsessionid=ABC?x=1&PHPSESSID=2#top").as_deref(),
+            Some(&b"/account?x=1#top"[..])
         );
         assert_eq!(
-            strip_location("https://h/a;jsessionid=ABC", &g).as_deref(),
-            Some("https://h/a")
+            strip(b"https://h/a;jsessionid=ABC").as_deref(),
+            Some(&b"https://h/a"[..])
         );
-        assert_eq!(strip_location("/account?x=1", &g), None);
+        assert_eq!(
+            strip(b"/caf\xe9;jsessionid=ABC").as_deref(),
+            Some(&b"/caf\xe9"[..])
+        );
+        assert_eq!(strip(b"/account?x=1"), None);
     }
 
     #[test]

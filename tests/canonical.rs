@@ -207,3 +207,46 @@ async fn a_switch_nobody_asked_for_is_a_502() {
     let proxy = Proxy::start(&route(&up, "")).await;
     assert_eq!(raw(&proxy, &get("/", "")).await.0, 502);
 }
+
+#[tokio::test]
+async fn headers_an_app_would_read_differently_are_refused_or_removed() {
+    let up = Upstream::ok().await;
+    let proxy = Proxy::start(&route(&up, "")).await;
+    let two_types = "POST /f HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\nConnection: close\r\n\r\na=1";
+    assert_eq!(raw(&proxy, two_types).await.0, 400);
+    assert_eq!(up.count(), 0);
+    raw(
+        &proxy,
+        &get(
+            "/p",
+            "Forwarded: for=1.2.3.4;host=evil\r\nX-Real-IP: 1.2.3.4\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\n",
+        ),
+    )
+    .await;
+    let seen = up.last();
+    for name in ["forwarded", "x-real-ip", "x-original-url", "x-rewrite-url"] {
+        assert!(
+            !seen.headers.contains_key(name),
+            "{name} reached the app: {:?}",
+            seen.headers
+        );
+    }
+}
+
+#[tokio::test]
+async fn forms_sessiongate_cannot_read_like_the_app_are_refused() {
+    let app = support::legacy::LegacyApp::start().await;
+    let proxy = Proxy::start(&app.route_config("")).await;
+    // Tomcat decodes field names in the form's charset: `password` in UTF-16 would hide.
+    let utf16 = "POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded; charset=UTF-16BE\r\nContent-Length: 3\r\nConnection: close\r\n\r\na=1";
+    assert_eq!(raw(&proxy, utf16).await.0, 415);
+    let utf8 = utf16.replace("UTF-16BE", "utf-8");
+    assert_eq!(raw(&proxy, &utf8).await.0, 200);
+    // Millions of tiny fields would tie a worker up: refused at once.
+    let body = "a&".repeat(20_000);
+    let many = format!(
+        "POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(raw(&proxy, &many).await.0, 400);
+}

@@ -169,25 +169,51 @@ impl Sessions {
         let key = id.key();
         let lookup = match self.call("load", self.store.load(&key)).await {
             Ok(l) => l,
-            Err(e) => match (on_failure, self.store.load_stale(&key).await) {
-                (StoreFailurePolicy::ServeCached, Some(Lookup::Live(r))) => {
-                    warn!(route, id_hash = %key, error = %e, "session store down; serving the cached session");
-                    return Ok(Resolved {
-                        current: Some(Current {
-                            key,
-                            record: r,
-                            via_grace: false,
-                        }),
-                        expire_cookie: false,
-                    });
-                }
-                _ => return Err(e),
-            },
+            Err(e) => return self.serve_cached(key, e, route, now, on_failure).await,
         };
         match self.follow(key, lookup, route, now).await? {
             Ok(current) => self.check_live(current, route, now).await,
             Err(resolved) => Ok(resolved),
         }
+    }
+
+    /// The store failed: a `serve_cached` route may go on with this replica's cached copy,
+    /// checked as a fresh read would be, minus the writes the store cannot take now.
+    async fn serve_cached(
+        &self,
+        key: SessionKey,
+        e: ProxyError,
+        route: &str,
+        now: u64,
+        on_failure: StoreFailurePolicy,
+    ) -> Result<Resolved, ProxyError> {
+        if on_failure != StoreFailurePolicy::ServeCached {
+            return Err(e);
+        }
+        let Some(Lookup::Live(record)) = self.store.load_stale(&key).await else {
+            return Err(e);
+        };
+        if record.login_claim_until.is_some() {
+            // Still in a login (or one that never completed): not usable.
+            self.counters().login_conflicts.inc();
+            return Err(ProxyError::LoginInProgress);
+        }
+        if self.is_expired(&record, now) {
+            self.counters().expired.inc();
+            return Ok(Resolved {
+                current: None,
+                expire_cookie: true,
+            });
+        }
+        warn!(route, id_hash = %key, error = %e, "session store down; serving the cached session");
+        Ok(Resolved {
+            current: Some(Current {
+                key,
+                record,
+                via_grace: false,
+            }),
+            expire_cookie: false,
+        })
     }
 
     /// What a lookup stands for: a live record (followed through a periodic rotation's

@@ -471,3 +471,34 @@ async fn routes_without_sessions_never_forward_the_proxy_cookie() {
     proxy.h1().await.send(req).await;
     assert_eq!(up.last().headers["cookie"], "theme=dark");
 }
+
+/// `serve_cached` keeps a signed-in user working through a store outage, but the copy it
+/// serves from is checked like a fresh read: an expired session is not served.
+#[tokio::test]
+async fn serve_cached_still_enforces_expiry() {
+    let app = LegacyApp::start().await;
+    let store = FaultyStore::new();
+    let pki = Arc::new(Pki::new());
+    let text = format!(
+        "{}\n{}",
+        base_config(&pki),
+        app.route_config("idle_timeout = \"2s\"\ntouch_interval = \"1s\"\nrotate_grace = \"1s\"")
+            .replace(
+                "[routes.session]\n",
+                "[routes.session]\non_store_failure = \"serve_cached\"\n"
+            )
+    );
+    let proxy = Proxy::start_with_store(pki, &text, Some(store.clone())).await;
+    let mut b = Browser::new(&proxy);
+    whoami(&mut b).await;
+    assert_eq!(login(&mut b, "alice").await.status, 303);
+    store.fail(Some("load"));
+    assert_eq!(whoami(&mut b).await, "alice", "served from the cached copy");
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(
+        whoami(&mut b).await,
+        "anonymous",
+        "an expired session must not be served from a cached copy"
+    );
+    store.fail(None);
+}

@@ -44,6 +44,11 @@ mod faulty_impl {
             self.check("load")?;
             self.inner.load(key).await
         }
+        /// Like a cache that still holds every entry: what `serve_cached` routes use
+        /// while `load` fails.
+        async fn load_stale(&self, key: &SessionKey) -> Option<Lookup> {
+            self.inner.load(key).await.ok()
+        }
         async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
             self.check("create")?;
             self.inner.create(key, record).await

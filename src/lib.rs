@@ -2,10 +2,13 @@
 //! for web apps that cannot be changed.
 //!
 //! A request flows through the modules in this order (see `service` for the phase chart):
-//! `listener` (accept, connection cap, drain) -> `tls` (handshake, SNI) -> `service`
-//! (per-request phases) -> `router` (host + path -> route) -> `upstream` (forward to the
-//! app) -> `cookies` (harden every Set-Cookie on the way back). `config` is parsed and
-//! validated once at start-up; `error` maps every failure to one response.
+//! `app` (the composition root) hands `listener` (accept, connection cap, TLS handshake)
+//! the `service` pipeline: `canon` (canonical host, target, framing) -> `router` ->
+//! `session` + `names` (sessiongate's ID, the strict Cookie header) -> `inflight` +
+//! `rotate` + `store` (the session) -> `forms` (bodies) -> `rules` (login detection) ->
+//! `upstream` (forward to the app) -> `vault` (capture the app's cookies) -> `cookies`
+//! (harden every Set-Cookie on the way back). `config` is parsed into final types once at
+//! start-up; `error` maps every failure to one response.
 
 pub mod admin;
 pub mod app;

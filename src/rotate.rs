@@ -380,23 +380,8 @@ impl Sessions {
         let expires_at = self.expires_at(now, now);
         match cur {
             Some(cur) => {
-                let rotation = Rotation {
-                    changes,
-                    authenticate: Some(subject.clone()),
-                    now,
-                    expires_at,
-                    old_becomes: OldKey::Revoked {
-                        reason: RevokeReason::LoginRotated,
-                        keep_until: self.tombstone_until(now),
-                    },
-                };
-                match self
-                    .call("rotate", self.store.rotate(&cur.key, &key, &rotation))
-                    .await?
-                {
-                    RotateOutcome::Rotated(_) => {}
-                    RotateOutcome::OldGone => return Err(ProxyError::SessionChanged),
-                }
+                self.rotate_away(cur, &key, changes, Some(subject.clone()), expires_at, now)
+                    .await?;
                 info!(target: "audit", event = "login_rotated", route, old_id_hash = %cur.key, id_hash = %key, subject = subject.as_deref().unwrap_or("-"));
             }
             None => {
@@ -418,37 +403,48 @@ impl Sessions {
     /// have authenticated the vaulted session), without marking the session signed in.
     pub async fn rotate_undecided(
         &self,
-        cur: Option<&Current>,
+        cur: &Current,
         changes: Vec<VaultChange>,
         route: &str,
         now: u64,
     ) -> Result<HeaderValue, ProxyError> {
-        let Some(cur) = cur else {
-            return Err(ProxyError::Internal(
-                "an undecided rotation needs a session".into(),
-            ));
-        };
         let (id, key) = self.mint();
+        let expires_at = self.expires_at(cur.record.lifetime_start(), now);
+        self.rotate_away(cur, &key, changes, None, expires_at, now)
+            .await?;
+        self.counters().undecided_rotated.inc();
+        info!(target: "audit", event = "undecided_login_rotated", route, old_id_hash = %cur.key, id_hash = %key);
+        Ok(self.cookie_for(&id, cur.record.lifetime_start(), now))
+    }
+
+    /// Moves a session to `key` for a login (`authenticate` is `Some(subject)`) or an
+    /// undecided login attempt (`None`); the old ID is dead at once.
+    async fn rotate_away(
+        &self,
+        cur: &Current,
+        key: &SessionKey,
+        changes: Vec<VaultChange>,
+        authenticate: Option<Option<String>>,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<(), ProxyError> {
         let rotation = Rotation {
             changes,
-            authenticate: None,
+            authenticate,
             now,
-            expires_at: self.expires_at(cur.record.lifetime_start(), now),
+            expires_at,
             old_becomes: OldKey::Revoked {
                 reason: RevokeReason::LoginRotated,
                 keep_until: self.tombstone_until(now),
             },
         };
         match self
-            .call("rotate", self.store.rotate(&cur.key, &key, &rotation))
+            .call("rotate", self.store.rotate(&cur.key, key, &rotation))
             .await?
         {
-            RotateOutcome::Rotated(_) => {}
-            RotateOutcome::OldGone => return Err(ProxyError::SessionChanged),
+            RotateOutcome::Rotated(_) => Ok(()),
+            RotateOutcome::OldGone => Err(ProxyError::SessionChanged),
         }
-        self.counters().undecided_rotated.inc();
-        info!(target: "audit", event = "undecided_login_rotated", route, old_id_hash = %cur.key, id_hash = %key);
-        Ok(self.cookie_for(&id, cur.record.lifetime_start(), now))
     }
 
     /// Whether a session loaded earlier is still usable under its ID: live (or in a

@@ -816,13 +816,21 @@ impl AppState {
                             .await?,
                     )
                 }
-                Outcome::Undecided if undecided == Undecided::Rotate && current.is_some() => {
+                Outcome::Undecided if undecided == Undecided::Rotate => {
                     c.login_no_match.inc();
-                    Some(
-                        sessions
-                            .rotate_undecided(current, changes, route, ctx.now)
-                            .await?,
-                    )
+                    match current {
+                        Some(cur) => Some(
+                            sessions
+                                .rotate_undecided(cur, changes, route, ctx.now)
+                                .await?,
+                        ),
+                        // No session to move: whatever the app set starts a fresh one.
+                        None => {
+                            sessions
+                                .after_response(None, changes, route, ctx.now)
+                                .await?
+                        }
+                    }
                 }
                 outcome => {
                     if outcome == Outcome::Failure {

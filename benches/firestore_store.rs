@@ -51,8 +51,8 @@ use sessiongate::session::SessionKey;
 use sessiongate::store::cache::CachedStore;
 use sessiongate::store::firestore::FirestoreStore;
 use sessiongate::store::{
-    Claim, Lookup, OldKey, RevokeReason, RotateOutcome, Rotation, SessionRecord, SessionStore,
-    StoreError,
+    Claim, LoginClaim, Lookup, OldKey, RevokeReason, RotateOutcome, Rotation, SessionRecord,
+    SessionStore, StoreError, StoreOp,
 };
 use sessiongate::vault::{VaultChange, VaultCookie};
 use sessiongate::{Config, Server};
@@ -187,26 +187,20 @@ fn target_dir() -> PathBuf {
 
 // ---------------------------------------------------------------- counting store
 
-const OPS: [&str; 9] = [
-    "load",
-    "create",
-    "touch",
-    "merge_vault",
-    "claim_login",
-    "release_login",
-    "rotate",
-    "revoke",
-    "sweep",
-];
-const LOAD: usize = 0;
-const CREATE: usize = 1;
-const TOUCH: usize = 2;
-const MERGE: usize = 3;
-const CLAIM: usize = 4;
-const RELEASE: usize = 5;
-const ROTATE: usize = 6;
-const REVOKE: usize = 7;
-const SWEEP: usize = 8;
+/// Counters are indexed by the operation's position in `StoreOp::ALL`.
+const OPS: [StoreOp; 9] = StoreOp::ALL;
+const fn ix(op: StoreOp) -> usize {
+    op as usize
+}
+const LOAD: usize = ix(StoreOp::Load);
+const CREATE: usize = ix(StoreOp::Create);
+const TOUCH: usize = ix(StoreOp::Touch);
+const MERGE: usize = ix(StoreOp::MergeVault);
+const CLAIM: usize = ix(StoreOp::ClaimLogin);
+const RELEASE: usize = ix(StoreOp::ReleaseLogin);
+const ROTATE: usize = ix(StoreOp::Rotate);
+const REVOKE: usize = ix(StoreOp::Revoke);
+const SWEEP: usize = ix(StoreOp::Sweep);
 const TRANSACTIONS: [usize; 5] = [MERGE, CLAIM, RELEASE, ROTATE, REVOKE];
 
 /// Counts what reaches the wrapped store: calls, time spent, errors and document writes
@@ -286,7 +280,7 @@ impl Snap {
             .map(|i| {
                 format!(
                     "{} x{} ({}r {}w)",
-                    OPS[i],
+                    OPS[i].as_str(),
                     self.calls[i],
                     self.reads_of(i),
                     self.writes[i]
@@ -380,18 +374,18 @@ impl SessionStore for Counting {
     async fn claim_login(
         &self,
         key: &SessionKey,
-        until: u64,
+        claim: LoginClaim,
         now: u64,
     ) -> Result<Claim, StoreError> {
-        self.count(CLAIM, self.inner.claim_login(key, until, now), |c| {
+        self.count(CLAIM, self.inner.claim_login(key, claim, now), |c| {
             u64::from(*c == Claim::Claimed)
         })
         .await
     }
 
-    async fn release_login(&self, key: &SessionKey) -> Result<(), StoreError> {
+    async fn release_login(&self, key: &SessionKey, owner: u64) -> Result<(), StoreError> {
         // At most one write (none when no claim was set); counted as one.
-        self.count(RELEASE, self.inner.release_login(key), |_| 1)
+        self.count(RELEASE, self.inner.release_login(key, owner), |_| 1)
             .await
     }
 
@@ -910,7 +904,14 @@ async fn backend_latency(store: &FirestoreStore, samples: usize) -> Vec<OpLatenc
         lap(3, &mut out);
         assert!(merged.is_some(), "merge_vault on a live session");
         let claim = store
-            .claim_login(&old, now + 60_000, now + 3)
+            .claim_login(
+                &old,
+                LoginClaim {
+                    owner: 1,
+                    until: now + 60_000,
+                },
+                now + 3,
+            )
             .await
             .expect("claim_login");
         lap(4, &mut out);
@@ -1393,7 +1394,7 @@ fn report(plan: &Plan, emulator: &Emulator, r: &Results) -> String {
             .map(|i| {
                 format!(
                     "{} {} ({}r {}w)",
-                    OPS[i],
+                    OPS[i].as_str(),
                     s.calls[i] as f64 / n as f64,
                     s.reads_of(i) as f64 / n as f64,
                     s.writes[i] as f64 / n as f64

@@ -138,6 +138,39 @@ impl crate::admin::AdminView for ServerHandle {
     }
 }
 
+/// Opens the configured store: the embedded ones directly, Firestore behind this
+/// replica's cache.
+async fn open_store(
+    config: &crate::config::StoreConfig,
+    metrics: &Metrics,
+) -> Result<Arc<dyn SessionStore>, crate::store::StoreError> {
+    use crate::config::StoreConfig;
+    use crate::store::{cache::CachedStore, firestore::FirestoreStore, FileStore, MemoryStore};
+    Ok(match config {
+        StoreConfig::Memory { .. } => Arc::new(MemoryStore::new()),
+        StoreConfig::File { path, .. } => Arc::new(FileStore::open(path)?),
+        StoreConfig::Firestore {
+            project_id,
+            database_id,
+            collection,
+            cache_ttl,
+            cache_stale_for,
+            cache_max_entries,
+        } => {
+            let remote = FirestoreStore::connect(project_id, database_id, collection).await?;
+            Arc::new(
+                CachedStore::new(
+                    Arc::new(remote),
+                    *cache_ttl,
+                    *cache_stale_for,
+                    *cache_max_entries,
+                )
+                .with_counters(metrics.cache_hits.clone(), metrics.cache_misses.clone()),
+            )
+        }
+    })
+}
+
 /// A bound, not yet running, proxy.
 pub struct Server {
     tls: Option<TcpListener>,
@@ -160,7 +193,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let store = match store {
             Some(s) => s,
-            None => crate::store::open(&config.store, &metrics).await?,
+            None => open_store(&config.store, &metrics).await?,
         };
         if config.tls.as_ref().is_some_and(|t| t.self_signed_dev) {
             warn!("DEVELOPMENT MODE: serving a self-signed certificate generated at start-up; do not use in production");

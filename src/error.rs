@@ -33,7 +33,7 @@ pub enum ProxyError {
     UpstreamTimeout(Duration),
     #[error("session store failed during {op}: {source}")]
     Store {
-        op: &'static str,
+        op: crate::store::StoreOp,
         source: crate::store::StoreError,
     },
     #[error("another sign-in is in progress for this session")]

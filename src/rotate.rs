@@ -25,8 +25,8 @@ use crate::config::{SessionConfig, StoreFailurePolicy};
 use crate::error::ProxyError;
 use crate::session::{proxy_set_cookie, IdSource, Presented, SessionId, SessionKey};
 use crate::store::{
-    Claim, Lookup, OldKey, RevokeReason, RotateOutcome, Rotation, SessionRecord, SessionStore,
-    StoreError,
+    Claim, LoginClaim, Lookup, OldKey, RevokeReason, RotateOutcome, Rotation, SessionRecord,
+    SessionStore, StoreError, StoreOp,
 };
 use crate::telemetry::{Metrics, OpLabel, SessionCounters};
 use crate::vault::{self, VaultChange};
@@ -90,7 +90,7 @@ impl Sessions {
     /// and failures counted per operation.
     async fn call<T>(
         &self,
-        op: &'static str,
+        op: StoreOp,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, ProxyError> {
         let started = std::time::Instant::now();
@@ -167,7 +167,7 @@ impl Sessions {
             Presented::Valid(id) => id,
         };
         let key = id.key();
-        let lookup = match self.call("load", self.store.load(&key)).await {
+        let lookup = match self.call(StoreOp::Load, self.store.load(&key)).await {
             Ok(l) => l,
             Err(e) => return self.serve_cached(key, e, route, now, on_failure).await,
         };
@@ -193,7 +193,7 @@ impl Sessions {
         let Some(Lookup::Live(record)) = self.store.load_stale(&key).await else {
             return Err(e);
         };
-        if record.login_claim_until.is_some() {
+        if record.login_claim.is_some() {
             // Still in a login (or one that never completed): not usable.
             self.counters().login_conflicts.inc();
             return Err(ProxyError::LoginInProgress);
@@ -238,7 +238,10 @@ impl Sessions {
                 via_grace: false,
             })),
             Lookup::Grace { successor, until } if now < until => {
-                match self.call("load", self.store.load(&successor)).await? {
+                match self
+                    .call(StoreOp::Load, self.store.load(&successor))
+                    .await?
+                {
                     Lookup::Live(record) => Ok(Ok(Current {
                         key: successor,
                         record,
@@ -285,15 +288,15 @@ impl Sessions {
             current: None,
             expire_cookie: true,
         };
-        if let Some(until) = cur.record.login_claim_until {
-            if now < until {
+        if let Some(claim) = cur.record.login_claim {
+            if now < claim.until {
                 self.counters().login_conflicts.inc();
                 return Err(ProxyError::LoginInProgress);
             }
             // The login never completed: the app may have authenticated the vaulted
             // session, so this ID must not be usable again.
             self.call(
-                "revoke",
+                StoreOp::Revoke,
                 self.store.revoke(
                     &key,
                     RevokeReason::LoginIncomplete,
@@ -306,7 +309,7 @@ impl Sessions {
         }
         if self.is_expired(&cur.record, now) {
             self.call(
-                "revoke",
+                StoreOp::Revoke,
                 self.store
                     .revoke(&key, RevokeReason::Expired, self.tombstone_until(now)),
             )
@@ -321,21 +324,28 @@ impl Sessions {
         })
     }
 
-    /// Claims a session for a login about to be forwarded. A second login on the same
-    /// session while the first is in flight gets 409.
+    /// Claims a session for a login about to be forwarded, and returns the claim (its
+    /// owner token releases it). A second login on the same session while the first is
+    /// in flight gets 409.
     pub async fn claim_login(
         &self,
         cur: &Current,
         deadline: Duration,
         now: u64,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<LoginClaim, ProxyError> {
         // Twice the upstream deadline, after the settle wait: a login still in flight
         // cannot outlive its claim.
-        let until = now
-            .saturating_add(ms(self.login_settle))
-            .saturating_add(ms(deadline).saturating_mul(2));
+        let claim = LoginClaim {
+            owner: self.claim_owner(),
+            until: now
+                .saturating_add(ms(self.login_settle))
+                .saturating_add(ms(deadline).saturating_mul(2)),
+        };
         match self
-            .call("claim_login", self.store.claim_login(&cur.key, until, now))
+            .call(
+                StoreOp::ClaimLogin,
+                self.store.claim_login(&cur.key, claim, now),
+            )
             .await?
         {
             Claim::Claimed => {
@@ -345,7 +355,7 @@ impl Sessions {
                 if !self.login_settle.is_zero() {
                     tokio::time::sleep(self.login_settle).await;
                 }
-                Ok(())
+                Ok(claim)
             }
             Claim::Busy => {
                 self.counters().login_conflicts.inc();
@@ -355,10 +365,23 @@ impl Sessions {
         }
     }
 
-    /// The app did not authenticate: the session may be used again.
-    pub async fn release_login(&self, cur: &Current) -> Result<(), ProxyError> {
-        self.call("release_login", self.store.release_login(&cur.key))
-            .await
+    /// The app did not authenticate: the session may be used again. Only this login's
+    /// own claim is released; one that ran out and was taken by another login stays.
+    pub async fn release_login(&self, cur: &Current, claim: LoginClaim) -> Result<(), ProxyError> {
+        self.call(
+            StoreOp::ReleaseLogin,
+            self.store.release_login(&cur.key, claim.owner),
+        )
+        .await
+    }
+
+    /// A random claim owner from the ID generator (never 0, which marks claims stored
+    /// without one).
+    fn claim_owner(&self) -> u64 {
+        let key = self.ids.mint().key();
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&key.0[..8]);
+        u64::from_le_bytes(bytes).max(1)
     }
 
     fn mint(&self) -> (SessionId, SessionKey) {
@@ -390,7 +413,7 @@ impl Sessions {
                 record.authenticated = true;
                 record.authenticated_at = Some(now);
                 record.subject = subject.clone();
-                self.call("create", self.store.create(&key, &record))
+                self.call(StoreOp::Create, self.store.create(&key, &record))
                     .await?;
                 info!(target: "audit", event = "login_created", route, id_hash = %key, subject = subject.as_deref().unwrap_or("-"));
             }
@@ -439,7 +462,7 @@ impl Sessions {
             },
         };
         match self
-            .call("rotate", self.store.rotate(&cur.key, key, &rotation))
+            .call(StoreOp::Rotate, self.store.rotate(&cur.key, key, &rotation))
             .await?
         {
             RotateOutcome::Rotated(_) => Ok(()),
@@ -452,11 +475,13 @@ impl Sessions {
     /// while is checked again before the app sees it with the vault, and one whose body
     /// streamed to the app before its answer is released.
     pub async fn still_current(&self, cur: &Current) -> Result<bool, ProxyError> {
-        Ok(match self.call("load", self.store.load(&cur.key)).await? {
-            Lookup::Live(r) => r.login_claim_until.is_none(),
-            Lookup::Grace { .. } => true,
-            Lookup::Revoked(_) | Lookup::Missing => false,
-        })
+        Ok(
+            match self.call(StoreOp::Load, self.store.load(&cur.key)).await? {
+                Lookup::Live(r) => r.login_claim.is_none(),
+                Lookup::Grace { .. } => true,
+                Lookup::Revoked(_) | Lookup::Missing => false,
+            },
+        )
     }
 
     /// Logout succeeded: the session is dead before the response leaves.
@@ -468,7 +493,7 @@ impl Sessions {
     ) -> Result<HeaderValue, ProxyError> {
         if let Some(cur) = cur {
             self.call(
-                "revoke",
+                StoreOp::Revoke,
                 self.store
                     .revoke(&cur.key, RevokeReason::LoggedOut, self.tombstone_until(now)),
             )
@@ -501,7 +526,7 @@ impl Sessions {
             let mut record =
                 SessionRecord::new_anonymous(now, self.expires_at(now, now), Vec::new());
             vault::apply(&mut record.vault, &changes);
-            self.call("create", self.store.create(&key, &record))
+            self.call(StoreOp::Create, self.store.create(&key, &record))
                 .await?;
             self.counters().created.inc();
             info!(target: "audit", event = "created", route, id_hash = %key);
@@ -524,7 +549,10 @@ impl Sessions {
                 },
             };
             match self
-                .call("rotate", self.store.rotate(&cur.key, &key, &rotation))
+                .call(
+                    StoreOp::Rotate,
+                    self.store.rotate(&cur.key, &key, &rotation),
+                )
                 .await?
             {
                 RotateOutcome::Rotated(_) => {
@@ -546,7 +574,7 @@ impl Sessions {
         } else if now.saturating_sub(rec.last_seen_at) >= ms(self.cfg.touch_interval) {
             // Activity bookkeeping only: a failure here must not fail the request.
             if let Err(e) = self
-                .call("touch", self.store.touch(&cur.key, now, expires_at))
+                .call(StoreOp::Touch, self.store.touch(&cur.key, now, expires_at))
                 .await
             {
                 warn!(route, error = %e, "could not record session activity");
@@ -570,17 +598,19 @@ impl Sessions {
         }
         let merged = self
             .call(
-                "merge_vault",
+                StoreOp::MergeVault,
                 self.store.merge_vault(key, changes, now, expires_at),
             )
             .await?;
         if merged.is_some() {
             return Ok(());
         }
-        if let Lookup::Grace { successor, .. } = self.call("load", self.store.load(key)).await? {
+        if let Lookup::Grace { successor, .. } =
+            self.call(StoreOp::Load, self.store.load(key)).await?
+        {
             let merged = self
                 .call(
-                    "merge_vault",
+                    StoreOp::MergeVault,
                     self.store.merge_vault(&successor, changes, now, expires_at),
                 )
                 .await?;
@@ -614,7 +644,7 @@ impl Sessions {
         loop {
             tick.tick().await;
             match self
-                .call("sweep", self.store.sweep(crate::store::now_ms()))
+                .call(StoreOp::Sweep, self.store.sweep(crate::store::now_ms()))
                 .await
             {
                 Ok(n) if n > 0 => debug!(removed = n, "swept expired sessions"),

@@ -60,7 +60,7 @@ use crate::rotate::{Current, Resolved, Sessions};
 use crate::router::Router;
 use crate::rules::{Outcome, ResponseView, Rule, SubjectSource};
 use crate::session::{self, ChaChaIds, Presented};
-use crate::store::{now_ms, SessionStore};
+use crate::store::{now_ms, LoginClaim, SessionStore};
 use crate::telemetry::{Metrics, RouteLabel};
 use crate::tls::TlsError;
 use crate::upstream::{self, prepare_response, Outgoing, UpstreamClient};
@@ -129,7 +129,8 @@ struct Ctx<'a> {
     /// A login rule matched or a credential field was sent.
     attempt: bool,
     subject: Option<String>,
-    claimed: bool,
+    /// The login claim this request took on its session.
+    claimed: Option<LoginClaim>,
     closing: Option<Closing>,
 }
 
@@ -243,7 +244,7 @@ impl AppState {
                     logout: None,
                     attempt: false,
                     subject: None,
-                    claimed: false,
+                    claimed: None,
                     closing: None,
                 };
                 self.proxy_session(ctx, req).await
@@ -351,7 +352,7 @@ impl AppState {
         }
         self.claim(&mut ctx).await?;
         let sent = async {
-            if buffered && !ctx.claimed {
+            if buffered && ctx.claimed.is_none() {
                 self.check_still_current(&mut ctx).await?;
             }
             let up_req = self.build_upstream(&ctx, parts, body, upgrade.as_deref())?;
@@ -364,17 +365,15 @@ impl AppState {
             Err(e) => {
                 // Only when the app certainly never saw the login is the claim released;
                 // otherwise it runs out and the session dies (fail closed).
-                if ctx.claimed
-                    && !matches!(e, ProxyError::Upstream(_) | ProxyError::UpstreamTimeout(_))
-                {
-                    if let Some(cur) = ctx.current() {
-                        self.sessions.release_login(cur).await?;
+                if let (Some(claim), Some(cur)) = (ctx.claimed, ctx.current()) {
+                    if !matches!(e, ProxyError::Upstream(_) | ProxyError::UpstreamTimeout(_)) {
+                        self.sessions.release_login(cur, claim).await?;
                     }
                 }
                 return Err(e);
             }
         };
-        if !buffered && ctx.canon.has_body && !ctx.claimed {
+        if !buffered && ctx.canon.has_body && ctx.claimed.is_none() {
             // The body streamed to the app, which may have read the session only once it
             // was complete: if a login (on any replica) took the session meanwhile, the
             // answer may be the victim's and must not reach this client.
@@ -553,10 +552,11 @@ impl AppState {
                 .inc_by(u64::try_from(closing.cancelled).unwrap_or(u64::MAX));
         }
         ctx.closing = Some(closing);
-        self.sessions
-            .claim_login(cur, ctx.route.response_timeout, ctx.now)
-            .await?;
-        ctx.claimed = true;
+        ctx.claimed = Some(
+            self.sessions
+                .claim_login(cur, ctx.route.response_timeout, ctx.now)
+                .await?,
+        );
         Ok(())
     }
 
@@ -838,8 +838,8 @@ impl AppState {
                     } else {
                         c.login_no_match.inc();
                     }
-                    if let (true, Some(cur)) = (ctx.claimed, current) {
-                        sessions.release_login(cur).await?;
+                    if let (Some(claim), Some(cur)) = (ctx.claimed, current) {
+                        sessions.release_login(cur, claim).await?;
                     }
                     sessions
                         .after_response(current, changes, route, ctx.now)

@@ -20,6 +20,7 @@ const UNQUERIED: &[&str] = &[
     "expires_at_ms",
     "grace_until",
     "last_seen_at",
+    "login_claim_owner",
     "login_claim_until",
     "reason",
     "rotated_at",

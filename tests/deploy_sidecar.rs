@@ -181,9 +181,15 @@ fn the_metric_list_matches_what_the_code_exports() {
     let route = RouteLabel { route: "r".into() };
     m.upstream_seconds.get_or_create(&route).observe(0.1);
     m.store_seconds
-        .get_or_create(&OpLabel { op: "load" })
+        .get_or_create(&OpLabel {
+            op: sessiongate::store::StoreOp::Load,
+        })
         .observe(0.1);
-    m.store_errors.get_or_create(&OpLabel { op: "load" }).inc();
+    m.store_errors
+        .get_or_create(&OpLabel {
+            op: sessiongate::store::StoreOp::Load,
+        })
+        .inc();
     m.reloads
         .get_or_create(&OutcomeLabel { outcome: "success" })
         .inc();

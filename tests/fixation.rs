@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use http::Request;
 use sessiongate::full_body;
+use sessiongate::store::StoreOp;
 use sessiongate::telemetry::SessionCounters;
 use support::legacy::{holding, login, sg, whoami, LegacyApp, SG};
 use support::*;
@@ -416,7 +417,7 @@ async fn store_failure_fails_closed_and_recovers() {
     let id = sg(&b);
 
     // Store down when the login arrives: 503 before the app sees anything.
-    store.fail(Some("*"));
+    store.fail(Failing::Every);
     let r = login(&mut b, "alice").await;
     assert_eq!(r.status, 503);
     assert_eq!(r.headers["retry-after"], "5");
@@ -429,13 +430,13 @@ async fn store_failure_fails_closed_and_recovers() {
 
     // Store fails exactly at the rotation commit: the app has authenticated its session,
     // but the login response (and any new cookie) is withheld...
-    store.fail(Some("rotate"));
+    store.fail(Failing::Op(StoreOp::Rotate));
     let r = login(&mut b, "alice").await;
     assert_eq!(r.status, 503);
     assert!(!r.headers.contains_key("location"));
     assert!(r.set_cookies().is_empty());
     assert_eq!(sg(&b), id);
-    store.fail(None);
+    store.fail(Failing::Nothing);
     // ...and the pre-login ID cannot be used: first the claim holds it, then it is dead.
     let r = holding(&proxy, &id).get("/whoami").await;
     assert_eq!(r.status, 409);
@@ -492,7 +493,7 @@ async fn serve_cached_still_enforces_expiry() {
     let mut b = Browser::new(&proxy);
     whoami(&mut b).await;
     assert_eq!(login(&mut b, "alice").await.status, 303);
-    store.fail(Some("load"));
+    store.fail(Failing::Op(StoreOp::Load));
     assert_eq!(whoami(&mut b).await, "alice", "served from the cached copy");
     tokio::time::sleep(Duration::from_millis(2300)).await;
     assert_eq!(
@@ -500,5 +501,5 @@ async fn serve_cached_still_enforces_expiry() {
         "anonymous",
         "an expired session must not be served from a cached copy"
     );
-    store.fail(None);
+    store.fail(Failing::Nothing);
 }

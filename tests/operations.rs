@@ -8,6 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sessiongate::store::StoreOp;
 use support::legacy::{holding, login, sg, whoami, LegacyApp, SG};
 use support::*;
 
@@ -28,7 +29,7 @@ async fn readiness_follows_the_store_and_draining() {
 
     assert_eq!(admin_get(admin, "/healthz").await, (200, "ok\n".into()));
     assert_eq!(admin_get(admin, "/readyz").await, (200, "ready\n".into()));
-    store.fail(Some("load"));
+    store.fail(Failing::Op(StoreOp::Load));
     let (status, body) = admin_get(admin, "/readyz").await;
     assert_eq!(
         (status, body.as_str()),
@@ -39,7 +40,7 @@ async fn readiness_follows_the_store_and_draining() {
         200,
         "liveness does not depend on the store"
     );
-    store.fail(None);
+    store.fail(Failing::Nothing);
     assert_eq!(admin_get(admin, "/readyz").await.0, 200);
 
     // Draining: not ready while in-flight requests finish.

@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 
 use sessiongate::session::{ChaChaIds, IdSource, SessionKey};
 use sessiongate::store::{
-    rotated_record, Claim, FileStore, Lookup, MemoryStore, OldKey, RevokeReason, RotateOutcome,
+    Claim, FileStore, LoginClaim, Lookup, MemoryStore, OldKey, RevokeReason, RotateOutcome,
     Rotation, SessionRecord, SessionStore, StoreError,
 };
 use sessiongate::vault::{VaultChange, VaultCookie};
@@ -68,6 +68,8 @@ macro_rules! conformance {
             merge_vault_concurrent_loses_nothing,
             touch_records_activity_only,
             claim_login_lifecycle,
+            release_login_only_by_its_owner,
+            rotate_login_without_subject_drops_the_old_one,
             rotate_login_revokes_old,
             rotate_periodic_leaves_grace,
             rotate_old_not_live_is_old_gone,
@@ -209,6 +211,10 @@ fn periodic(now: u64, changes: Vec<VaultChange>) -> Rotation {
     }
 }
 
+fn claim(owner: u64, until: u64) -> LoginClaim {
+    LoginClaim { owner, until }
+}
+
 fn rotated(outcome: RotateOutcome) -> SessionRecord {
     match outcome {
         RotateOutcome::Rotated(r) => r,
@@ -224,7 +230,7 @@ mod checks {
         rec.authenticated = true;
         rec.subject = Some("alice".into());
         rec.authenticated_at = Some(T0 + 1);
-        rec.login_claim_until = Some(T0 + 2);
+        rec.login_claim = Some(claim(3, T0 + 2));
         rec.version = 7;
         rec.vault.push(VaultCookie {
             expires_at: Some(T0 + 3),
@@ -311,7 +317,7 @@ mod checks {
         rec.expires_at = u64::MAX;
         rec.last_seen_at = i64::MAX as u64 + 1;
         rec.version = u64::MAX - 1;
-        rec.login_claim_until = Some(u64::MAX);
+        rec.login_claim = Some(claim(u64::MAX, u64::MAX));
         let k = created(&*store, &rec).await;
         assert_eq!(live(&*store, &k).await, rec);
 
@@ -367,7 +373,7 @@ mod checks {
         assert_eq!(merged.created_at, rec.created_at);
         assert_eq!(merged.rotated_at, rec.rotated_at);
         assert_eq!(merged.authenticated, rec.authenticated);
-        assert_eq!(merged.login_claim_until, rec.login_claim_until);
+        assert_eq!(merged.login_claim, rec.login_claim);
         assert_eq!(
             live(&*store, &k).await,
             merged,
@@ -512,20 +518,26 @@ mod checks {
         let until = T0 + 20_000;
 
         assert_eq!(
-            store.claim_login(&k, until, T0).await.unwrap(),
+            store.claim_login(&k, claim(1, until), T0).await.unwrap(),
             Claim::Claimed
         );
         let claimed = live(&*store, &k).await;
-        assert_eq!(claimed.login_claim_until, Some(until));
+        assert_eq!(claimed.login_claim, Some(claim(1, until)));
         assert_eq!(claimed.version, rec.version + 1);
 
         // Held up to (not including) `until`.
         assert_eq!(
-            store.claim_login(&k, T0 + 99_000, T0 + 1).await.unwrap(),
+            store
+                .claim_login(&k, claim(2, T0 + 99_000), T0 + 1)
+                .await
+                .unwrap(),
             Claim::Busy
         );
         assert_eq!(
-            store.claim_login(&k, T0 + 99_000, until - 1).await.unwrap(),
+            store
+                .claim_login(&k, claim(2, T0 + 99_000), until - 1)
+                .await
+                .unwrap(),
             Claim::Busy
         );
         assert_eq!(
@@ -537,39 +549,88 @@ mod checks {
         // Once `until` has passed the claim is stale, and a new one takes over.
         let until2 = until + 20_000;
         assert_eq!(
-            store.claim_login(&k, until2, until).await.unwrap(),
+            store
+                .claim_login(&k, claim(2, until2), until)
+                .await
+                .unwrap(),
             Claim::Claimed
         );
-        assert_eq!(live(&*store, &k).await.login_claim_until, Some(until2));
+        assert_eq!(live(&*store, &k).await.login_claim, Some(claim(2, until2)));
 
-        // Released: claimable again at once.
-        store.release_login(&k).await.unwrap();
+        // Released by its owner: claimable again at once.
+        store.release_login(&k, 2).await.unwrap();
         let released = live(&*store, &k).await;
-        assert_eq!(released.login_claim_until, None);
+        assert_eq!(released.login_claim, None);
         assert!(released.version > claimed.version);
         assert_eq!(
-            store.claim_login(&k, until2, until + 1).await.unwrap(),
+            store
+                .claim_login(&k, claim(3, until2), until + 1)
+                .await
+                .unwrap(),
             Claim::Claimed
         );
 
         // Not live: Gone, and nothing is created or revived.
         let missing = key();
         assert_eq!(
-            store.claim_login(&missing, until, T0).await.unwrap(),
+            store
+                .claim_login(&missing, claim(4, until), T0)
+                .await
+                .unwrap(),
             Claim::Gone
         );
-        store.release_login(&missing).await.unwrap();
+        store.release_login(&missing, 4).await.unwrap();
         assert_eq!(store.load(&missing).await.unwrap(), Lookup::Missing);
         store
             .revoke(&k, RevokeReason::LoginIncomplete, T0 + MINUTE)
             .await
             .unwrap();
-        assert_eq!(store.claim_login(&k, until, T0).await.unwrap(), Claim::Gone);
-        store.release_login(&k).await.unwrap();
+        assert_eq!(
+            store.claim_login(&k, claim(5, until), T0).await.unwrap(),
+            Claim::Gone
+        );
+        store.release_login(&k, 3).await.unwrap();
         assert_eq!(
             store.load(&k).await.unwrap(),
             Lookup::Revoked(RevokeReason::LoginIncomplete)
         );
+    }
+
+    /// A login whose claim ran out (its upstream call was slow) must not release the
+    /// claim a second login took meanwhile: that would let a third login, or the
+    /// ordinary requests the claim holds off, run on the session while the second login
+    /// is in the app.
+    pub async fn release_login_only_by_its_owner(store: Arc<dyn SessionStore>) {
+        let k = created(&*store, &record(T0)).await;
+        let first = claim(11, T0 + 1_000);
+        let second = claim(22, T0 + 60_000);
+        assert_eq!(
+            store.claim_login(&k, first, T0).await.unwrap(),
+            Claim::Claimed
+        );
+        assert_eq!(
+            store.claim_login(&k, second, T0 + 1_000).await.unwrap(),
+            Claim::Claimed
+        );
+        let held = live(&*store, &k).await;
+
+        store.release_login(&k, first.owner).await.unwrap();
+        assert_eq!(
+            live(&*store, &k).await,
+            held,
+            "a stale owner's release changes nothing"
+        );
+        assert_eq!(
+            store
+                .claim_login(&k, claim(33, T0 + 90_000), T0 + 2_000)
+                .await
+                .unwrap(),
+            Claim::Busy,
+            "the second login still holds the session"
+        );
+
+        store.release_login(&k, second.owner).await.unwrap();
+        assert_eq!(live(&*store, &k).await.login_claim, None);
     }
 
     pub async fn rotate_login_revokes_old(store: Arc<dyn SessionStore>) {
@@ -578,7 +639,10 @@ mod checks {
         let old = created(&*store, &rec).await;
         // A login claims first; the rotation must clear the claim.
         assert_eq!(
-            store.claim_login(&old, T0 + MINUTE, T0 + 1).await.unwrap(),
+            store
+                .claim_login(&old, claim(1, T0 + MINUTE), T0 + 1)
+                .await
+                .unwrap(),
             Claim::Claimed
         );
         store
@@ -597,10 +661,22 @@ mod checks {
         );
         let r = rotated(store.rotate(&old, &new, &rotation).await.unwrap());
 
+        let expected = SessionRecord {
+            authenticated: true,
+            subject: Some("alice".into()),
+            // A set cookie moves to the end, as the app's latest.
+            vault: vec![cookie("cart", "1", "/"), cookie("PHPSESSID", "fresh", "/")],
+            created_at: rec.created_at,
+            authenticated_at: Some(now),
+            rotated_at: now,
+            last_seen_at: now,
+            expires_at: rotation.expires_at,
+            version: 1,
+            login_claim: None,
+        };
         assert_eq!(
-            r,
-            rotated_record(&base, &rotation),
-            "built from the current record"
+            r, expected,
+            "built from the current record ({base:?}), claim consumed"
         );
         assert_eq!(
             vault_of(&r),
@@ -613,7 +689,7 @@ mod checks {
         assert_eq!((r.rotated_at, r.last_seen_at), (now, now));
         assert_eq!(r.expires_at, rotation.expires_at);
         assert_eq!(r.version, 1);
-        assert_eq!(r.login_claim_until, None);
+        assert_eq!(r.login_claim, None);
 
         assert_eq!(live(&*store, &new).await, r);
         assert_eq!(
@@ -625,17 +701,32 @@ mod checks {
             store.rotate(&old, &key(), &rotation).await.unwrap(),
             RotateOutcome::OldGone
         );
+    }
 
-        // A login without a known subject keeps the one already there.
-        let newer = key();
-        let r2 = rotated(
+    /// A second login on an authenticated session whose rule finds no subject: the new
+    /// session must not carry the previous user's subject (it may be someone else).
+    pub async fn rotate_login_without_subject_drops_the_old_one(store: Arc<dyn SessionStore>) {
+        let old = created(&*store, &record(T0)).await;
+        let now = T0 + 1_000;
+        let first = key();
+        let r1 = rotated(
             store
-                .rotate(&new, &newer, &login(now + 1, None, Vec::new()))
+                .rotate(&old, &first, &login(now, Some("alice"), Vec::new()))
                 .await
                 .unwrap(),
         );
-        assert_eq!(r2.subject.as_deref(), Some("alice"));
+        assert_eq!(r1.subject.as_deref(), Some("alice"));
+        let second = key();
+        let r2 = rotated(
+            store
+                .rotate(&first, &second, &login(now + 1, None, Vec::new()))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(r2.subject, None);
+        assert!(r2.authenticated);
         assert_eq!(r2.authenticated_at, Some(now + 1));
+        assert_eq!(live(&*store, &second).await, r2);
     }
 
     pub async fn rotate_periodic_leaves_grace(store: Arc<dyn SessionStore>) {
@@ -649,8 +740,15 @@ mod checks {
         let rotation = periodic(now, vec![set("PHPSESSID", "b2", "/")]);
         let r = rotated(store.rotate(&old, &new, &rotation).await.unwrap());
 
-        assert_eq!(r, rotated_record(&rec, &rotation));
-        assert_eq!(vault_of(&r), vec![triple("PHPSESSID", "/", "b2")]);
+        let expected = SessionRecord {
+            vault: vec![cookie("PHPSESSID", "b2", "/")],
+            rotated_at: now,
+            last_seen_at: now,
+            expires_at: rotation.expires_at,
+            version: 1,
+            ..rec.clone()
+        };
+        assert_eq!(r, expected);
         assert!(r.authenticated);
         assert_eq!(r.subject.as_deref(), Some("bob"));
         assert_eq!(
@@ -998,4 +1096,46 @@ mod checks {
             assert_eq!(store.load(&k).await.unwrap(), Lookup::Missing);
         }
     }
+}
+
+/// An unreadable entry fails its operations as `Corrupt` in every backend (the file
+/// store's unit tests show it for redb): a document with an unknown state, written
+/// here behind the store's back.
+#[tokio::test]
+async fn firestore_unreadable_document_is_corrupt() {
+    assert!(std::env::var_os("FIRESTORE_EMULATOR_HOST").is_some());
+    let k = key();
+    let collection = format!("conformance_{}_{}", std::process::id(), key().hex());
+    let store = sessiongate::store::firestore::FirestoreStore::connect(
+        "sessiongate-test",
+        "(default)",
+        &collection,
+    )
+    .await
+    .unwrap();
+    let db = ::firestore::FirestoreDb::new("sessiongate-test")
+        .await
+        .unwrap();
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Bogus {
+        state: String,
+    }
+    let _: Bogus = db
+        .fluent()
+        .insert()
+        .into(&collection)
+        .document_id(k.hex())
+        .object(&Bogus {
+            state: "bogus".into(),
+        })
+        .execute()
+        .await
+        .unwrap();
+    assert!(matches!(store.load(&k).await, Err(StoreError::Corrupt(_))));
+    let merged = store.merge_vault(&k, &[], T0, T0 + 1).await;
+    assert!(matches!(merged, Err(StoreError::Corrupt(_))), "{merged:?}");
+    assert!(matches!(
+        store.revoke(&k, RevokeReason::LoggedOut, T0).await,
+        Err(StoreError::Corrupt(_))
+    ));
 }

@@ -60,6 +60,7 @@ SESSIONS_UNINDEXED_FIELDS=(
   vault
   rotated_at
   login_claim_until
+  login_claim_owner
   created_at
   authenticated_at
   successor

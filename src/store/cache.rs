@@ -24,7 +24,8 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::OnceCell;
 
 use super::{
-    Claim, Entry, Lookup, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreError,
+    transition, Claim, LoginClaim, Lookup, RotateOutcome, Rotation, SessionRecord, SessionStore,
+    StoreError,
 };
 use crate::session::SessionKey;
 use crate::store::RevokeReason;
@@ -36,7 +37,7 @@ struct Cached {
     at: Instant,
 }
 
-type Inflight = Arc<OnceCell<Result<Lookup, String>>>;
+type Inflight = Arc<OnceCell<Result<Lookup, StoreError>>>;
 
 pub struct CachedStore {
     inner: Arc<dyn SessionStore>,
@@ -135,7 +136,7 @@ impl SessionStore for CachedStore {
         let result = cell
             .get_or_init(|| async {
                 let started = Instant::now();
-                let r = self.inner.load(key).await.map_err(|e| e.to_string());
+                let r = self.inner.load(key).await;
                 if let Ok(lookup) = &r {
                     self.put_as_of(*key, lookup.clone(), started);
                 }
@@ -144,7 +145,7 @@ impl SessionStore for CachedStore {
             .await
             .clone();
         self.inflight.remove_if(key, |_, c| Arc::ptr_eq(c, &cell));
-        result.map_err(StoreError::Unavailable)
+        result
     }
 
     async fn probe(&self, key: &SessionKey) -> Result<(), StoreError> {
@@ -196,18 +197,18 @@ impl SessionStore for CachedStore {
     async fn claim_login(
         &self,
         key: &SessionKey,
-        until: u64,
+        claim: LoginClaim,
         now: u64,
     ) -> Result<Claim, StoreError> {
         // The claim lives in the store; the cached copy must not hide it from this
         // replica's next read.
         self.evict(key);
-        self.inner.claim_login(key, until, now).await
+        self.inner.claim_login(key, claim, now).await
     }
 
-    async fn release_login(&self, key: &SessionKey) -> Result<(), StoreError> {
+    async fn release_login(&self, key: &SessionKey, owner: u64) -> Result<(), StoreError> {
         self.evict(key);
-        self.inner.release_login(key).await
+        self.inner.release_login(key, owner).await
     }
 
     async fn rotate(
@@ -220,7 +221,10 @@ impl SessionStore for CachedStore {
         match &r {
             Ok(RotateOutcome::Rotated(rec)) => {
                 self.put(*new, Lookup::Live(rec.clone()));
-                self.put(*old, Entry::tombstone(rotation.old_becomes, *new).lookup());
+                self.put(
+                    *old,
+                    transition::tombstone(rotation.old_becomes, *new).lookup(),
+                );
             }
             _ => self.evict(old),
         }
@@ -282,11 +286,16 @@ mod tests {
         async fn touch(&self, k: &SessionKey, n: u64, e: u64) -> Result<(), StoreError> {
             self.inner.touch(k, n, e).await
         }
-        async fn claim_login(&self, k: &SessionKey, u: u64, n: u64) -> Result<Claim, StoreError> {
-            self.inner.claim_login(k, u, n).await
+        async fn claim_login(
+            &self,
+            k: &SessionKey,
+            c: LoginClaim,
+            n: u64,
+        ) -> Result<Claim, StoreError> {
+            self.inner.claim_login(k, c, n).await
         }
-        async fn release_login(&self, k: &SessionKey) -> Result<(), StoreError> {
-            self.inner.release_login(k).await
+        async fn release_login(&self, k: &SessionKey, o: u64) -> Result<(), StoreError> {
+            self.inner.release_login(k, o).await
         }
         async fn rotate(
             &self,

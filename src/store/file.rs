@@ -42,8 +42,9 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use super::transition::{self, Step};
 use super::{
-    rotated_record, Claim, Entry, Lookup, RevokeReason, RotateOutcome, Rotation, SessionRecord,
+    Claim, Entry, LoginClaim, Lookup, RevokeReason, RotateOutcome, Rotation, SessionRecord,
     SessionStore, StoreError,
 };
 use crate::session::SessionKey;
@@ -70,7 +71,7 @@ impl FileStore {
     /// verify the whole file): call it at start-up, not on a request path.
     pub fn open(path: &Path) -> Result<FileStore, StoreError> {
         let failed = |e: &dyn fmt::Display| {
-            StoreError::Unavailable(format!("session file {}: {e}", path.display()))
+            StoreError::Backend(format!("session file {}: {e}", path.display()))
         };
         let file = open_private(path).map_err(|e| failed(&e))?;
         let backend = FileBackend::new(file).map_err(|e| failed(&e))?;
@@ -105,19 +106,19 @@ impl FileStore {
     ) -> Result<T, StoreError> {
         let db = Arc::clone(&self.db);
         blocking(move || {
-            let txn = db.begin_write().map_err(unavailable)?;
+            let txn = db.begin_write().map_err(backend)?;
             let (out, dirty) = {
                 let mut sessions = Sessions {
-                    table: txn.open_table(SESSIONS).map_err(unavailable)?,
+                    table: txn.open_table(SESSIONS).map_err(backend)?,
                     dirty: false,
                 };
                 let out = op(&mut sessions)?;
                 (out, sessions.dirty)
             };
             if dirty {
-                txn.commit().map_err(unavailable)?;
+                txn.commit().map_err(backend)?;
             } else {
-                txn.abort().map_err(unavailable)?;
+                txn.abort().map_err(backend)?;
             }
             Ok(out)
         })
@@ -151,11 +152,11 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| StoreError::Unavailable(format!("session file task failed: {e}")))?
+        .map_err(|e| StoreError::Backend(format!("session file task failed: {e}")))?
 }
 
-fn unavailable(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Unavailable(format!("session file: {}", e.into()))
+fn backend(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Backend(format!("session file: {}", e.into()))
 }
 
 /// The session table inside one write transaction, remembering whether it was written.
@@ -167,28 +168,33 @@ struct Sessions<'t> {
 impl Sessions<'_> {
     fn exists(&self, key: &SessionKey) -> Result<bool, StoreError> {
         // Raw presence, without decoding: an unreadable entry still occupies its key.
-        Ok(self.table.get(&key.0).map_err(unavailable)?.is_some())
+        Ok(self.table.get(&key.0).map_err(backend)?.is_some())
     }
 
     fn get(&self, key: &SessionKey) -> Result<Option<Entry>, StoreError> {
-        match self.table.get(&key.0).map_err(unavailable)? {
+        match self.table.get(&key.0).map_err(backend)? {
             None => Ok(None),
             Some(text) => decode(key, text.value()).map(Some),
         }
     }
 
-    fn live(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StoreError> {
-        Ok(match self.get(key)? {
-            Some(Entry::Live(r)) => Some(r),
-            _ => None,
-        })
+    /// Runs one transition on the key's entry and writes what it decided.
+    fn apply<T>(
+        &mut self,
+        key: &SessionKey,
+        decide: impl FnOnce(Option<&Entry>) -> Step<T>,
+    ) -> Result<T, StoreError> {
+        let current = self.get(key)?;
+        let step = decide(current.as_ref());
+        if let Some(write) = &step.write {
+            self.put(key, write)?;
+        }
+        Ok(step.answer)
     }
 
     fn put(&mut self, key: &SessionKey, entry: &Entry) -> Result<(), StoreError> {
         let text = encode(key, entry)?;
-        self.table
-            .insert(&key.0, text.as_str())
-            .map_err(unavailable)?;
+        self.table.insert(&key.0, text.as_str()).map_err(backend)?;
         self.dirty = true;
         Ok(())
     }
@@ -200,9 +206,9 @@ impl SessionStore for FileStore {
         let db = Arc::clone(&self.db);
         let key = *key;
         blocking(move || {
-            let txn = db.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(SESSIONS).map_err(unavailable)?;
-            Ok(match table.get(&key.0).map_err(unavailable)? {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(SESSIONS).map_err(backend)?;
+            Ok(match table.get(&key.0).map_err(backend)? {
                 None => Lookup::Missing,
                 Some(text) => decode(&key, text.value())?.lookup(),
             })
@@ -211,11 +217,9 @@ impl SessionStore for FileStore {
     }
 
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
-        let (key, entry) = (*key, Entry::Live(record.clone()));
+        let (key, record) = (*key, record.clone());
         self.write(move |s| {
-            if s.exists(&key)? {
-                return Err(StoreError::Conflict);
-            }
+            let entry = transition::create(s.exists(&key)?, &record)?;
             s.put(&key, &entry)
         })
         .await
@@ -230,65 +234,34 @@ impl SessionStore for FileStore {
     ) -> Result<Option<SessionRecord>, StoreError> {
         let (key, changes) = (*key, changes.to_vec());
         self.write(move |s| {
-            let Some(mut r) = s.live(&key)? else {
-                return Ok(None);
-            };
-            crate::vault::apply(&mut r.vault, &changes);
-            r.last_seen_at = now;
-            r.expires_at = expires_at;
-            r.version += 1;
-            s.put(&key, &Entry::Live(r.clone()))?;
-            Ok(Some(r))
+            s.apply(&key, |e| {
+                transition::merge_vault(e, &changes, now, expires_at)
+            })
         })
         .await
     }
 
     async fn touch(&self, key: &SessionKey, now: u64, expires_at: u64) -> Result<(), StoreError> {
         let key = *key;
-        self.write(move |s| {
-            if let Some(mut r) = s.live(&key)? {
-                r.last_seen_at = now;
-                r.expires_at = expires_at;
-                s.put(&key, &Entry::Live(r))?;
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |s| s.apply(&key, |e| transition::touch(e, now, expires_at)))
+            .await
     }
 
     async fn claim_login(
         &self,
         key: &SessionKey,
-        until: u64,
+        claim: LoginClaim,
         now: u64,
     ) -> Result<Claim, StoreError> {
         let key = *key;
-        self.write(move |s| {
-            let Some(mut r) = s.live(&key)? else {
-                return Ok(Claim::Gone);
-            };
-            if r.login_claim_until.is_some_and(|t| t > now) {
-                return Ok(Claim::Busy);
-            }
-            r.login_claim_until = Some(until);
-            r.version += 1;
-            s.put(&key, &Entry::Live(r))?;
-            Ok(Claim::Claimed)
-        })
-        .await
+        self.write(move |s| s.apply(&key, |e| transition::claim_login(e, claim, now)))
+            .await
     }
 
-    async fn release_login(&self, key: &SessionKey) -> Result<(), StoreError> {
+    async fn release_login(&self, key: &SessionKey, owner: u64) -> Result<(), StoreError> {
         let key = *key;
-        self.write(move |s| {
-            if let Some(mut r) = s.live(&key)? {
-                r.login_claim_until = None;
-                r.version += 1;
-                s.put(&key, &Entry::Live(r))?;
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |s| s.apply(&key, |e| transition::release_login(e, owner)))
+            .await
     }
 
     async fn rotate(
@@ -299,19 +272,17 @@ impl SessionStore for FileStore {
     ) -> Result<RotateOutcome, StoreError> {
         let (old, new, rotation) = (*old, *new, rotation.clone());
         self.write(move |s| {
-            // The same order of checks as `memory`: a dead old key wins over a taken new
-            // key. No version check is needed: nothing can write between this read and
-            // the commit.
-            let Some(base) = s.live(&old)? else {
+            // No version check is needed: nothing can write between this read and the
+            // commit.
+            let current = s.get(&old)?;
+            let Some(rotated) =
+                transition::rotate(current.as_ref(), s.exists(&new)?, &new, &rotation)?
+            else {
                 return Ok(RotateOutcome::OldGone);
             };
-            if s.exists(&new)? {
-                return Err(StoreError::Conflict);
-            }
-            let record = rotated_record(&base, &rotation);
-            s.put(&new, &Entry::Live(record.clone()))?;
-            s.put(&old, &Entry::tombstone(rotation.old_becomes, new))?;
-            Ok(RotateOutcome::Rotated(record))
+            s.put(&new, &Entry::Live(rotated.record.clone()))?;
+            s.put(&old, &rotated.old)?;
+            Ok(RotateOutcome::Rotated(rotated.record))
         })
         .await
     }
@@ -323,22 +294,16 @@ impl SessionStore for FileStore {
         keep_until: u64,
     ) -> Result<bool, StoreError> {
         let key = *key;
-        self.write(move |s| {
-            if s.live(&key)?.is_none() {
-                return Ok(false);
-            }
-            s.put(&key, &Entry::Revoked { reason, keep_until })?;
-            Ok(true)
-        })
-        .await
+        self.write(move |s| s.apply(&key, |e| transition::revoke(e, reason, keep_until)))
+            .await
     }
 
     async fn sweep(&self, now: u64) -> Result<usize, StoreError> {
         self.write(move |s| {
-            let before = s.table.len().map_err(unavailable)?;
+            let before = s.table.len().map_err(backend)?;
             s.table
                 .retain(|key, text| match decode_value(text) {
-                    Ok(entry) => entry.kept_at(now),
+                    Ok(entry) => transition::kept_at(&entry, now),
                     // Every operation on an unreadable entry fails, so keeping it only
                     // keeps that session failing; without it the ID reads as unknown,
                     // which is safe (the proxy never adopts a presented ID).
@@ -347,8 +312,8 @@ impl SessionStore for FileStore {
                         false
                     }
                 })
-                .map_err(unavailable)?;
-            let removed = before.saturating_sub(s.table.len().map_err(unavailable)?);
+                .map_err(backend)?;
+            let removed = before.saturating_sub(s.table.len().map_err(backend)?);
             s.dirty = removed > 0;
             Ok(usize::try_from(removed).unwrap_or(usize::MAX))
         })
@@ -387,6 +352,9 @@ struct StoredRecord {
     expires_at: i64,
     version: i64,
     login_claim_until: Option<i64>,
+    /// Absent in entries written before claims had owners: such a claim can only run out.
+    #[serde(default)]
+    login_claim_owner: Option<i64>,
     // Last: TOML writes an array of tables after the plain keys of its table.
     vault: Vec<StoredCookie>,
 }
@@ -420,7 +388,7 @@ impl From<&SessionRecord> for StoredRecord {
             last_seen_at,
             expires_at,
             version,
-            login_claim_until,
+            login_claim,
         } = r;
         StoredRecord {
             authenticated: *authenticated,
@@ -431,7 +399,8 @@ impl From<&SessionRecord> for StoredRecord {
             last_seen_at: to_disk(*last_seen_at),
             expires_at: to_disk(*expires_at),
             version: to_disk(*version),
-            login_claim_until: login_claim_until.map(to_disk),
+            login_claim_until: login_claim.map(|c| to_disk(c.until)),
+            login_claim_owner: login_claim.map(|c| to_disk(c.owner)),
             vault: vault
                 .iter()
                 .map(|c| {
@@ -465,6 +434,7 @@ impl From<StoredRecord> for SessionRecord {
             expires_at,
             version,
             login_claim_until,
+            login_claim_owner,
             vault,
         } = r;
         SessionRecord {
@@ -493,7 +463,11 @@ impl From<StoredRecord> for SessionRecord {
             last_seen_at: from_disk(last_seen_at),
             expires_at: from_disk(expires_at),
             version: from_disk(version),
-            login_claim_until: login_claim_until.map(from_disk),
+            login_claim: login_claim_until.map(|until| LoginClaim {
+                // Owner 0 is never drawn (see `rotate`), so no login can release it.
+                owner: login_claim_owner.map_or(0, from_disk),
+                until: from_disk(until),
+            }),
         }
     }
 }
@@ -510,14 +484,12 @@ fn encode(key: &SessionKey, entry: &Entry) -> Result<String, StoreError> {
             keep_until: to_disk(*keep_until),
         },
     };
-    toml::to_string(&stored).map_err(|e| {
-        StoreError::Unavailable(format!("session {key}: cannot encode the entry: {e}"))
-    })
+    toml::to_string(&stored)
+        .map_err(|e| StoreError::Backend(format!("session {key}: cannot encode the entry: {e}")))
 }
 
 fn decode(key: &SessionKey, text: &str) -> Result<Entry, StoreError> {
-    decode_value(text)
-        .map_err(|e| StoreError::Unavailable(format!("session {key}: unreadable entry: {e}")))
+    decode_value(text).map_err(|e| StoreError::Corrupt(format!("session {key}: {e}")))
 }
 
 /// The error is only the parser's message: its `Display` quotes the offending line,
@@ -585,7 +557,10 @@ mod tests {
         extreme.created_at = 0;
         extreme.expires_at = u64::MAX;
         extreme.version = u64::MAX;
-        extreme.login_claim_until = Some(u64::MAX - 1);
+        extreme.login_claim = Some(LoginClaim {
+            owner: u64::MAX,
+            until: u64::MAX - 1,
+        });
         let mut empty = record();
         empty.vault.clear();
         empty.subject = None;
@@ -665,7 +640,7 @@ mod tests {
         let first = FileStore::open(&path).unwrap();
         assert!(matches!(
             FileStore::open(&path),
-            Err(StoreError::Unavailable(_))
+            Err(StoreError::Backend(_))
         ));
         drop(first);
         FileStore::open(&path).unwrap();
@@ -689,7 +664,7 @@ mod tests {
         std::fs::write(&path, b"not a redb file, certainly not one with sessions").unwrap();
         assert!(matches!(
             FileStore::open(&path),
-            Err(StoreError::Unavailable(_))
+            Err(StoreError::Backend(_))
         ));
     }
 
@@ -708,11 +683,11 @@ mod tests {
             .unwrap();
         assert!(matches!(
             store.load(&key(2)).await,
-            Err(StoreError::Unavailable(_))
+            Err(StoreError::Corrupt(_))
         ));
         assert!(matches!(
             store.merge_vault(&key(2), &[], 1, 2).await,
-            Err(StoreError::Unavailable(_))
+            Err(StoreError::Corrupt(_))
         ));
         // Still occupied: never overwritten by a create.
         assert!(matches!(

@@ -25,18 +25,30 @@ use firestore::{FirestoreDb, FirestoreDbOptions, FirestoreInstant, FirestoreWrit
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 
+use super::transition::{self, Step};
 use super::{
-    rotated_record, Claim, Lookup, OldKey, RevokeReason, RotateOutcome, Rotation, SessionRecord,
+    Claim, Entry, LoginClaim, Lookup, RevokeReason, RotateOutcome, Rotation, SessionRecord,
     SessionStore, StoreError,
 };
 use crate::session::SessionKey;
 use crate::vault::{VaultChange, VaultCookie};
 
-/// The stored document. Tombstones keep only what reporting needs.
+/// Which [`Entry`] a document holds. An unknown value fails to decode, and the
+/// operation fails as [`StoreError::Corrupt`], as in the file store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum State {
+    #[default]
+    Live,
+    Grace,
+    Revoked,
+}
+
+/// The stored document: an [`Entry`] in Firestore's shape. Tombstones keep only what
+/// reporting needs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Doc {
-    /// `live`, `grace` or `revoked`.
-    state: String,
+    state: State,
     #[serde(default)]
     authenticated: bool,
     #[serde(default)]
@@ -64,6 +76,10 @@ struct Doc {
     version: u64,
     #[serde(default)]
     login_claim_until: Option<u64>,
+    /// Absent in documents written before claims had owners: such a claim can only run
+    /// out (owner 0 is never drawn).
+    #[serde(default)]
+    login_claim_owner: Option<u64>,
     /// Grace tombstones: the successor's key (hex) and the end of the grace window.
     #[serde(default)]
     successor: Option<String>,
@@ -80,81 +96,84 @@ fn instant(ms: u64) -> FirestoreInstant {
 }
 
 impl Doc {
-    fn live(r: &SessionRecord) -> Doc {
-        Doc {
-            state: "live".into(),
-            authenticated: r.authenticated,
-            subject: r.subject.clone(),
-            vault: r.vault.clone(),
-            created_at: r.created_at,
-            authenticated_at: r.authenticated_at,
-            rotated_at: r.rotated_at,
-            last_seen_at: r.last_seen_at,
-            expires_at: instant(r.expires_at),
-            expires_at_ms: r.expires_at,
-            version: r.version,
-            login_claim_until: r.login_claim_until,
-            ..Doc::default()
-        }
-    }
-
-    fn tombstone(old: OldKey, successor: &SessionKey) -> Doc {
-        match old {
-            OldKey::Grace { until } => Doc {
-                state: "grace".into(),
-                successor: Some(successor.hex()),
-                grace_until: Some(until),
-                expires_at: instant(until),
-                expires_at_ms: until,
+    fn from_entry(entry: &Entry) -> Doc {
+        match entry {
+            Entry::Live(r) => Doc {
+                state: State::Live,
+                authenticated: r.authenticated,
+                subject: r.subject.clone(),
+                vault: r.vault.clone(),
+                created_at: r.created_at,
+                authenticated_at: r.authenticated_at,
+                rotated_at: r.rotated_at,
+                last_seen_at: r.last_seen_at,
+                expires_at: instant(r.expires_at),
+                expires_at_ms: r.expires_at,
+                version: r.version,
+                login_claim_until: r.login_claim.map(|c| c.until),
+                login_claim_owner: r.login_claim.map(|c| c.owner),
                 ..Doc::default()
             },
-            OldKey::Revoked { reason, keep_until } => Doc::revoked(reason, keep_until),
-        }
-    }
-
-    fn revoked(reason: RevokeReason, keep_until: u64) -> Doc {
-        Doc {
-            state: "revoked".into(),
-            reason: Some(reason.as_str().into()),
-            expires_at: instant(keep_until),
-            expires_at_ms: keep_until,
-            ..Doc::default()
-        }
-    }
-
-    fn record(&self) -> Option<SessionRecord> {
-        (self.state == "live").then(|| SessionRecord {
-            authenticated: self.authenticated,
-            subject: self.subject.clone(),
-            vault: self.vault.clone(),
-            created_at: self.created_at,
-            authenticated_at: self.authenticated_at,
-            rotated_at: self.rotated_at,
-            last_seen_at: self.last_seen_at,
-            expires_at: self.expires_at_ms,
-            version: self.version,
-            login_claim_until: self.login_claim_until,
-        })
-    }
-
-    fn lookup(&self) -> Lookup {
-        match self.state.as_str() {
-            "live" => self.record().map_or(Lookup::Missing, Lookup::Live),
-            "grace" => match self.successor.as_deref().and_then(SessionKey::from_hex) {
-                Some(successor) => Lookup::Grace {
-                    successor,
-                    until: self.grace_until.unwrap_or(0),
-                },
-                None => Lookup::Revoked(RevokeReason::PeriodicRotated),
+            Entry::Grace { successor, until } => Doc {
+                state: State::Grace,
+                successor: Some(successor.hex()),
+                grace_until: Some(*until),
+                expires_at: instant(*until),
+                expires_at_ms: *until,
+                ..Doc::default()
             },
-            _ => Lookup::Revoked(
-                self.reason
+            Entry::Revoked { reason, keep_until } => Doc {
+                state: State::Revoked,
+                reason: Some(reason.as_str().into()),
+                expires_at: instant(*keep_until),
+                expires_at_ms: *keep_until,
+                ..Doc::default()
+            },
+        }
+    }
+
+    fn into_entry(self, key: &SessionKey) -> Result<Entry, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("session {key}: {what}"));
+        Ok(match self.state {
+            State::Live => Entry::Live(SessionRecord {
+                authenticated: self.authenticated,
+                subject: self.subject,
+                vault: self.vault,
+                created_at: self.created_at,
+                authenticated_at: self.authenticated_at,
+                rotated_at: self.rotated_at,
+                last_seen_at: self.last_seen_at,
+                expires_at: self.expires_at_ms,
+                version: self.version,
+                login_claim: self.login_claim_until.map(|until| LoginClaim {
+                    owner: self.login_claim_owner.unwrap_or(0),
+                    until,
+                }),
+            }),
+            State::Grace => Entry::Grace {
+                successor: self
+                    .successor
+                    .as_deref()
+                    .and_then(SessionKey::from_hex)
+                    .ok_or_else(|| corrupt("the successor is not a session key"))?,
+                until: self
+                    .grace_until
+                    .ok_or_else(|| corrupt("a grace entry without its end"))?,
+            },
+            State::Revoked => Entry::Revoked {
+                reason: self
+                    .reason
                     .as_deref()
                     .and_then(RevokeReason::parse)
-                    .unwrap_or(RevokeReason::LoggedOut),
-            ),
-        }
+                    .ok_or_else(|| corrupt("an unknown revocation reason"))?,
+                keep_until: self.expires_at_ms,
+            },
+        })
     }
+}
+
+fn entry_of(key: &SessionKey, doc: Option<Doc>) -> Result<Option<Entry>, StoreError> {
+    doc.map(|d| d.into_entry(key)).transpose()
 }
 
 pub struct FirestoreStore {
@@ -162,14 +181,25 @@ pub struct FirestoreStore {
     collection: Arc<str>,
 }
 
-fn unavailable(e: FirestoreError) -> StoreError {
+/// The typed error for what the client library reports.
+fn store_error(e: FirestoreError) -> StoreError {
     match e {
+        // What failed inside a transaction, wrapped with the transaction's ID.
+        FirestoreError::ErrorInTransaction(t) => match t.source.downcast::<FirestoreError>() {
+            Ok(inner) => store_error(*inner),
+            Err(other) => StoreError::Backend(other.to_string()),
+        },
         FirestoreError::DataConflictError(_) => StoreError::Conflict,
-        // A must-not-exist precondition that failed at commit.
-        FirestoreError::DatabaseError(ref d) if d.public.code == "FailedPrecondition" => {
-            StoreError::Conflict
-        }
-        other => StoreError::Unavailable(other.to_string()),
+        FirestoreError::DeserializeError(d) => StoreError::Corrupt(d.to_string()),
+        FirestoreError::DatabaseError(ref d) => match d.public.code.as_str() {
+            // A must-not-exist precondition that failed at commit.
+            "FailedPrecondition" => StoreError::Conflict,
+            // Transactions that kept losing to concurrent ones.
+            "Aborted" => StoreError::Contended,
+            "DeadlineExceeded" => StoreError::Timeout,
+            _ => StoreError::Backend(e.to_string()),
+        },
+        other => StoreError::Backend(other.to_string()),
     }
 }
 
@@ -198,38 +228,42 @@ impl FirestoreStore {
             FirestoreDbOptions::new(project_id.to_owned()).with_database_id(database_id.to_owned());
         let db = FirestoreDb::with_options(options)
             .await
-            .map_err(unavailable)?;
+            .map_err(store_error)?;
         Ok(FirestoreStore {
             db,
             collection: collection.into(),
         })
     }
 
-    async fn get(&self, key: &SessionKey) -> Result<Option<Doc>, StoreError> {
-        self.db
+    async fn get(&self, key: &SessionKey) -> Result<Option<Entry>, StoreError> {
+        let doc = self
+            .db
             .fluent()
             .select()
             .by_id_in(&self.collection)
             .obj::<Doc>()
             .one(key.hex())
             .await
-            .map_err(unavailable)
+            .map_err(store_error)?;
+        entry_of(key, doc)
     }
 
-    /// Runs `decide` on the current document inside a transaction; it returns the result
-    /// and the document to write back (if any).
+    /// Runs one transition on the key's document inside a Firestore transaction and
+    /// writes what it decided. An unreadable document writes nothing and fails the
+    /// operation as `Corrupt`.
     async fn transact<T, F>(&self, key: &SessionKey, decide: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: Fn(Option<Doc>) -> (T, Option<Doc>) + Send + Sync + 'static,
+        F: Fn(Option<&Entry>) -> Step<T> + Send + Sync + 'static,
     {
         let collection = self.collection.clone();
-        let id = key.hex();
+        let key = *key;
         let decide = Arc::new(decide);
         self.db
             .run_transaction(move |db, tx| {
-                let (collection, id, decide) = (collection.clone(), id.clone(), decide.clone());
+                let (collection, decide) = (collection.clone(), decide.clone());
                 async move {
+                    let id = key.hex();
                     let current: Option<Doc> = db
                         .fluent()
                         .select()
@@ -238,33 +272,38 @@ impl FirestoreStore {
                         .one(&id)
                         .await
                         .map_err(in_tx)?;
-                    let (result, write) = decide(current);
-                    if let Some(doc) = write {
+                    let current = match entry_of(&key, current) {
+                        Ok(current) => current,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    let step = decide(current.as_ref());
+                    if let Some(entry) = &step.write {
                         db.fluent()
                             .update()
                             .in_col(&collection)
                             .document_id(&id)
-                            .object(&doc)
+                            .object(&Doc::from_entry(entry))
                             .add_to_transaction(tx)
                             .map_err(in_tx)?;
                     }
-                    Ok::<_, BackoffError<FirestoreError>>(result)
+                    Ok::<_, BackoffError<FirestoreError>>(Ok(step.answer))
                 }
                 .boxed()
             })
             .await
-            .map_err(unavailable)
+            .map_err(store_error)?
     }
 }
 
 #[async_trait]
 impl SessionStore for FirestoreStore {
     async fn load(&self, key: &SessionKey) -> Result<Lookup, StoreError> {
-        Ok(self.get(key).await?.map_or(Lookup::Missing, |d| d.lookup()))
+        Ok(self.get(key).await?.map_or(Lookup::Missing, Entry::lookup))
     }
 
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
-        let doc = Doc::live(record);
+        // Occupancy is the insert's own must-not-exist check, at commit.
+        let doc = Doc::from_entry(&transition::create(false, record)?);
         let _: Doc = self
             .db
             .fluent()
@@ -274,10 +313,7 @@ impl SessionStore for FirestoreStore {
             .object(&doc)
             .execute()
             .await
-            .map_err(|e| match e {
-                FirestoreError::DataConflictError(_) => StoreError::Conflict,
-                other => unavailable(other),
-            })?;
+            .map_err(store_error)?;
         Ok(())
     }
 
@@ -289,23 +325,17 @@ impl SessionStore for FirestoreStore {
         expires_at: u64,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let changes = changes.to_vec();
-        self.transact(key, move |doc| match doc.as_ref().and_then(Doc::record) {
-            None => (None, None),
-            Some(mut r) => {
-                crate::vault::apply(&mut r.vault, &changes);
-                r.last_seen_at = now;
-                r.expires_at = expires_at;
-                r.version += 1;
-                let doc = Doc::live(&r);
-                (Some(r), Some(doc))
-            }
+        self.transact(key, move |e| {
+            transition::merge_vault(e, &changes, now, expires_at)
         })
         .await
     }
 
     async fn touch(&self, key: &SessionKey, now: u64, expires_at: u64) -> Result<(), StoreError> {
-        // A blind write of three fields: no read, no transaction. On a tombstone it only
-        // moves the TTL date, which is harmless.
+        // `transition::touch` as a blind write of its three fields: no read, no
+        // transaction (touches are frequent). The `Exists` precondition keeps it from
+        // creating a document; on a tombstone it only moves the TTL date, which is
+        // harmless, and changes nothing a read reports.
         let doc = Doc {
             last_seen_at: now,
             expires_at: instant(expires_at),
@@ -325,38 +355,23 @@ impl SessionStore for FirestoreStore {
             .await;
         match result {
             Ok(_) | Err(FirestoreError::DataNotFoundError(_)) => Ok(()),
-            Err(e) => Err(unavailable(e)),
+            Err(e) => Err(store_error(e)),
         }
     }
 
     async fn claim_login(
         &self,
         key: &SessionKey,
-        until: u64,
+        claim: LoginClaim,
         now: u64,
     ) -> Result<Claim, StoreError> {
-        self.transact(key, move |doc| match doc.as_ref().and_then(Doc::record) {
-            None => (Claim::Gone, None),
-            Some(r) if r.login_claim_until.is_some_and(|t| t > now) => (Claim::Busy, None),
-            Some(mut r) => {
-                r.login_claim_until = Some(until);
-                r.version += 1;
-                (Claim::Claimed, Some(Doc::live(&r)))
-            }
-        })
-        .await
+        self.transact(key, move |e| transition::claim_login(e, claim, now))
+            .await
     }
 
-    async fn release_login(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.transact(key, |doc| match doc.as_ref().and_then(Doc::record) {
-            Some(mut r) if r.login_claim_until.is_some() => {
-                r.login_claim_until = None;
-                r.version += 1;
-                ((), Some(Doc::live(&r)))
-            }
-            _ => ((), None),
-        })
-        .await
+    async fn release_login(&self, key: &SessionKey, owner: u64) -> Result<(), StoreError> {
+        self.transact(key, move |e| transition::release_login(e, owner))
+            .await
     }
 
     async fn rotate(
@@ -366,52 +381,55 @@ impl SessionStore for FirestoreStore {
         rotation: &Rotation,
     ) -> Result<RotateOutcome, StoreError> {
         let collection = self.collection.clone();
-        let (old_id, new_id, new_key) = (old.hex(), new.hex(), *new);
+        let (old, new) = (*old, *new);
         let rotation = Arc::new(rotation.clone());
         self.db
             .run_transaction(move |db, tx| {
-                let (collection, old_id, new_id, rotation) = (
-                    collection.clone(),
-                    old_id.clone(),
-                    new_id.clone(),
-                    rotation.clone(),
-                );
+                let (collection, rotation) = (collection.clone(), rotation.clone());
                 async move {
                     let current: Option<Doc> = db
                         .fluent()
                         .select()
                         .by_id_in(&collection)
                         .obj()
-                        .one(&old_id)
+                        .one(old.hex())
                         .await
                         .map_err(in_tx)?;
-                    let Some(base) = current.as_ref().and_then(Doc::record) else {
-                        return Ok::<_, BackoffError<FirestoreError>>(RotateOutcome::OldGone);
+                    let current = match entry_of(&old, current) {
+                        Ok(current) => current,
+                        Err(e) => return Ok(Err(e)),
                     };
-                    let record = rotated_record(&base, &rotation);
-                    let fresh = Doc::live(&record);
+                    // The new key's occupancy is checked by the must-not-exist
+                    // precondition at commit (a failure reads as `Conflict`).
+                    let rotated = match transition::rotate(current.as_ref(), false, &new, &rotation)
+                    {
+                        Ok(Some(rotated)) => rotated,
+                        Ok(None) => return Ok(Ok(RotateOutcome::OldGone)),
+                        Err(e) => return Ok(Err(e)),
+                    };
                     db.fluent()
                         .update()
                         .in_col(&collection)
                         .precondition(FirestoreWritePrecondition::Exists(false))
-                        .document_id(&new_id)
-                        .object(&fresh)
+                        .document_id(new.hex())
+                        .object(&Doc::from_entry(&Entry::Live(rotated.record.clone())))
                         .add_to_transaction(tx)
                         .map_err(in_tx)?;
-                    let tomb = Doc::tombstone(rotation.old_becomes, &new_key);
                     db.fluent()
                         .update()
                         .in_col(&collection)
-                        .document_id(&old_id)
-                        .object(&tomb)
+                        .document_id(old.hex())
+                        .object(&Doc::from_entry(&rotated.old))
                         .add_to_transaction(tx)
                         .map_err(in_tx)?;
-                    Ok::<_, BackoffError<FirestoreError>>(RotateOutcome::Rotated(record))
+                    Ok::<_, BackoffError<FirestoreError>>(Ok(RotateOutcome::Rotated(
+                        rotated.record,
+                    )))
                 }
                 .boxed()
             })
             .await
-            .map_err(unavailable)
+            .map_err(store_error)?
     }
 
     async fn revoke(
@@ -420,11 +438,8 @@ impl SessionStore for FirestoreStore {
         reason: RevokeReason,
         keep_until: u64,
     ) -> Result<bool, StoreError> {
-        self.transact(key, move |doc| match doc.as_ref().and_then(Doc::record) {
-            Some(_) => (true, Some(Doc::revoked(reason, keep_until))),
-            None => (false, None),
-        })
-        .await
+        self.transact(key, move |e| transition::revoke(e, reason, keep_until))
+            .await
     }
 
     async fn sweep(&self, _now: u64) -> Result<usize, StoreError> {

@@ -1,19 +1,21 @@
 //! The embedded store: an in-process map (dashmap), the default for one machine.
 //! Sessions do not survive a restart.
 //!
-//! Each operation locks one entry for a few instructions and never across an `.await`
-//! (the methods are async only to fit the trait). Rotation touches two keys; it never
-//! holds one entry while locking another (two keys can share a shard, and dashmap locks
-//! are not reentrant), so it works optimistically: read the old record, insert the new
-//! key if vacant, then swap the old key for its tombstone only if its version is
-//! unchanged, retrying otherwise.
+//! Each single-key operation runs its [`transition`] while holding that key's entry
+//! lock, for a few instructions and never across an `.await` (the methods are async only
+//! to fit the trait). Rotation touches two keys; it never holds one entry while locking
+//! another (two keys can share a shard, and dashmap locks are not reentrant), so it works
+//! optimistically: decide from a copy of the old entry, insert the new key if vacant,
+//! then swap the old key for its tombstone only if its version is unchanged, retrying
+//! otherwise.
 
 use async_trait::async_trait;
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 
+use super::transition::{self, Step};
 use super::{
-    rotated_record, Claim, Entry, Lookup, RevokeReason, RotateOutcome, Rotation, SessionRecord,
+    Claim, Entry, LoginClaim, Lookup, RevokeReason, RotateOutcome, Rotation, SessionRecord,
     SessionStore, StoreError,
 };
 use crate::session::SessionKey;
@@ -37,6 +39,21 @@ impl MemoryStore {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+
+    /// Runs `decide` on the key's entry under its lock, and stores what it wrote. A
+    /// vacant key stays vacant: no transition but `create` writes to one.
+    fn apply<T>(&self, key: &SessionKey, decide: impl FnOnce(Option<&Entry>) -> Step<T>) -> T {
+        match self.map.get_mut(key) {
+            Some(mut entry) => {
+                let step = decide(Some(entry.value()));
+                if let Some(write) = step.write {
+                    *entry.value_mut() = write;
+                }
+                step.answer
+            }
+            None => decide(None).answer,
+        }
+    }
 }
 
 /// Rotation retries when a concurrent write changed the old record in between.
@@ -55,7 +72,7 @@ impl SessionStore for MemoryStore {
         match self.map.entry(*key) {
             MapEntry::Occupied(_) => Err(StoreError::Conflict),
             MapEntry::Vacant(v) => {
-                v.insert(Entry::Live(record.clone()));
+                v.insert(transition::create(false, record)?);
                 Ok(())
             }
         }
@@ -68,50 +85,27 @@ impl SessionStore for MemoryStore {
         now: u64,
         expires_at: u64,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        Ok(match self.map.get_mut(key).as_deref_mut() {
-            Some(Entry::Live(r)) => {
-                crate::vault::apply(&mut r.vault, changes);
-                r.last_seen_at = now;
-                r.expires_at = expires_at;
-                r.version += 1;
-                Some(r.clone())
-            }
-            _ => None,
-        })
+        Ok(self.apply(key, |e| {
+            transition::merge_vault(e, changes, now, expires_at)
+        }))
     }
 
     async fn touch(&self, key: &SessionKey, now: u64, expires_at: u64) -> Result<(), StoreError> {
-        if let Some(Entry::Live(r)) = self.map.get_mut(key).as_deref_mut() {
-            r.last_seen_at = now;
-            r.expires_at = expires_at;
-        }
+        self.apply(key, |e| transition::touch(e, now, expires_at));
         Ok(())
     }
 
     async fn claim_login(
         &self,
         key: &SessionKey,
-        until: u64,
+        claim: LoginClaim,
         now: u64,
     ) -> Result<Claim, StoreError> {
-        Ok(match self.map.get_mut(key).as_deref_mut() {
-            Some(Entry::Live(r)) => match r.login_claim_until {
-                Some(t) if t > now => Claim::Busy,
-                _ => {
-                    r.login_claim_until = Some(until);
-                    r.version += 1;
-                    Claim::Claimed
-                }
-            },
-            _ => Claim::Gone,
-        })
+        Ok(self.apply(key, |e| transition::claim_login(e, claim, now)))
     }
 
-    async fn release_login(&self, key: &SessionKey) -> Result<(), StoreError> {
-        if let Some(Entry::Live(r)) = self.map.get_mut(key).as_deref_mut() {
-            r.login_claim_until = None;
-            r.version += 1;
-        }
+    async fn release_login(&self, key: &SessionKey, owner: u64) -> Result<(), StoreError> {
+        self.apply(key, |e| transition::release_login(e, owner));
         Ok(())
     }
 
@@ -122,30 +116,33 @@ impl SessionStore for MemoryStore {
         rotation: &Rotation,
     ) -> Result<RotateOutcome, StoreError> {
         for _ in 0..ROTATE_ATTEMPTS {
-            let base = match self.map.get(old).as_deref() {
-                Some(Entry::Live(r)) => r.clone(),
+            let base = self.map.get(old).map(|e| e.value().clone());
+            let Some(rotated) = transition::rotate(base.as_ref(), false, new, rotation)? else {
+                return Ok(RotateOutcome::OldGone);
+            };
+            let base_version = match &base {
+                Some(Entry::Live(r)) => r.version,
                 _ => return Ok(RotateOutcome::OldGone),
             };
-            let record = rotated_record(&base, rotation);
             match self.map.entry(*new) {
                 MapEntry::Occupied(_) => return Err(StoreError::Conflict),
                 MapEntry::Vacant(v) => {
-                    v.insert(Entry::Live(record.clone()));
+                    v.insert(Entry::Live(rotated.record.clone()));
                 }
             }
             let swapped = match self.map.get_mut(old).as_deref_mut() {
                 Some(e @ Entry::Live(_)) => {
-                    if matches!(e, Entry::Live(r) if r.version == base.version) {
-                        *e = Entry::tombstone(rotation.old_becomes, *new);
+                    if matches!(e, Entry::Live(r) if r.version == base_version) {
+                        *e = rotated.old;
                         Some(true)
                     } else {
-                        Some(false) // changed in between: rebuild from the new version
+                        Some(false) // changed in between: decide again on the new version
                     }
                 }
                 _ => None, // no longer live
             };
             match swapped {
-                Some(true) => return Ok(RotateOutcome::Rotated(record)),
+                Some(true) => return Ok(RotateOutcome::Rotated(rotated.record)),
                 Some(false) => {
                     self.map.remove(new);
                 }
@@ -155,9 +152,7 @@ impl SessionStore for MemoryStore {
                 }
             }
         }
-        Err(StoreError::Unavailable(
-            "rotation kept racing with concurrent updates".into(),
-        ))
+        Err(StoreError::Contended)
     }
 
     async fn revoke(
@@ -166,18 +161,12 @@ impl SessionStore for MemoryStore {
         reason: RevokeReason,
         keep_until: u64,
     ) -> Result<bool, StoreError> {
-        Ok(match self.map.get_mut(key).as_deref_mut() {
-            Some(e @ Entry::Live(_)) => {
-                *e = Entry::Revoked { reason, keep_until };
-                true
-            }
-            _ => false,
-        })
+        Ok(self.apply(key, |e| transition::revoke(e, reason, keep_until)))
     }
 
     async fn sweep(&self, now: u64) -> Result<usize, StoreError> {
         let before = self.map.len();
-        self.map.retain(|_, e| e.kept_at(now));
+        self.map.retain(|_, e| transition::kept_at(e, now));
         Ok(before.saturating_sub(self.map.len()))
     }
 }

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod file;
 pub mod firestore;
 pub mod memory;
+pub mod transition;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -40,8 +41,18 @@ pub struct SessionRecord {
     /// Incremented by every change to the session's content (not by `touch`), for
     /// optimistic concurrency.
     pub version: u64,
-    /// A login is in flight for this session until then; see `service`.
-    pub login_claim_until: Option<u64>,
+    /// A login is in flight for this session; see [`LoginClaim`].
+    pub login_claim: Option<LoginClaim>,
+}
+
+/// A login in flight on a session: until `until`, a second login on it is refused, and
+/// only the login that took the claim (`owner`, a random token it drew) may release it.
+/// Without the owner, a login whose claim ran out could release the claim of the next
+/// login on the same session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginClaim {
+    pub owner: u64,
+    pub until: u64,
 }
 
 impl SessionRecord {
@@ -56,7 +67,7 @@ impl SessionRecord {
             last_seen_at: now,
             expires_at,
             version: 1,
-            login_claim_until: None,
+            login_claim: None,
         }
     }
 
@@ -118,8 +129,8 @@ pub enum Lookup {
     Missing,
 }
 
-/// What an embedded store (memory, file) keeps under a key: the states a [`Lookup`]
-/// reports, plus how long a tombstone is kept.
+/// What every backend keeps under a key: the states a [`Lookup`] reports, plus how long
+/// a tombstone is kept. [`transition`] decides each operation over it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Entry {
     Live(SessionRecord),
@@ -139,23 +150,6 @@ impl Entry {
             Entry::Live(r) => Lookup::Live(r),
             Entry::Grace { successor, until } => Lookup::Grace { successor, until },
             Entry::Revoked { reason, .. } => Lookup::Revoked(reason),
-        }
-    }
-
-    /// The sweep rule: whether the entry is still due to be kept at `now`.
-    pub(crate) fn kept_at(&self, now: u64) -> bool {
-        match self {
-            Entry::Live(r) => r.expires_at > now,
-            Entry::Grace { until, .. } => *until > now,
-            Entry::Revoked { keep_until, .. } => *keep_until > now,
-        }
-    }
-
-    /// What the old key of a rotation to `successor` becomes.
-    pub(crate) fn tombstone(old: OldKey, successor: SessionKey) -> Entry {
-        match old {
-            OldKey::Grace { until } => Entry::Grace { successor, until },
-            OldKey::Revoked { reason, keep_until } => Entry::Revoked { reason, keep_until },
         }
     }
 }
@@ -199,14 +193,99 @@ pub enum Claim {
     Gone,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Why a store operation failed. Every variant but `Conflict` makes the request fail
+/// closed (503); the variant says what an operator should look at. Cloneable, so that a
+/// cache can hand one failed read's error to every request that waited for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    #[error("session store unavailable: {0}")]
-    Unavailable(String),
-    #[error("session store did not answer within the deadline")]
+    /// The store did not answer within the deadline (the operation may still commit).
+    #[error("the session store did not answer within the deadline")]
     Timeout,
+    /// Concurrent updates to the same session kept the write from committing.
+    #[error(
+        "the session store kept refusing the write because of concurrent updates to the session"
+    )]
+    Contended,
+    /// A stored entry cannot be read: damaged, or written by an incompatible version.
+    #[error("a stored session entry cannot be read: {0}")]
+    Corrupt(String),
+    /// The backend failed (I/O, network, permissions, ...).
+    #[error("session store unavailable: {0}")]
+    Backend(String),
+    /// `create` (or a rotation's new key) met an existing key.
     #[error("a session with this key already exists")]
     Conflict,
+}
+
+impl StoreError {
+    /// A short, stable name (logs and metric labels).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Timeout => "timeout",
+            StoreError::Contended => "contended",
+            StoreError::Corrupt(_) => "corrupt",
+            StoreError::Backend(_) => "backend",
+            StoreError::Conflict => "conflict",
+        }
+    }
+}
+
+/// The store operations, named once for metrics labels, error messages, the
+/// fault-injecting test store and the benches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreOp {
+    Load,
+    Create,
+    MergeVault,
+    Touch,
+    ClaimLogin,
+    ReleaseLogin,
+    Rotate,
+    Revoke,
+    Sweep,
+}
+
+impl StoreOp {
+    pub const ALL: [StoreOp; 9] = [
+        StoreOp::Load,
+        StoreOp::Create,
+        StoreOp::MergeVault,
+        StoreOp::Touch,
+        StoreOp::ClaimLogin,
+        StoreOp::ReleaseLogin,
+        StoreOp::Rotate,
+        StoreOp::Revoke,
+        StoreOp::Sweep,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Load => "load",
+            StoreOp::Create => "create",
+            StoreOp::MergeVault => "merge_vault",
+            StoreOp::Touch => "touch",
+            StoreOp::ClaimLogin => "claim_login",
+            StoreOp::ReleaseLogin => "release_login",
+            StoreOp::Rotate => "rotate",
+            StoreOp::Revoke => "revoke",
+            StoreOp::Sweep => "sweep",
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for StoreOp {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+impl std::fmt::Display for StoreOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[async_trait]
@@ -256,12 +335,12 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn claim_login(
         &self,
         key: &SessionKey,
-        until: u64,
+        claim: LoginClaim,
         now: u64,
     ) -> Result<Claim, StoreError>;
 
-    /// Ends a claim whose login did not succeed (the app did not authenticate).
-    async fn release_login(&self, key: &SessionKey) -> Result<(), StoreError>;
+    /// Ends the claim `owner` took, if it still holds it (the app did not authenticate).
+    async fn release_login(&self, key: &SessionKey, owner: u64) -> Result<(), StoreError>;
 
     /// Atomically: build the new record from the live old one plus `rotation`, create it
     /// under `new` (which must not exist), and replace `old` as `rotation.old_becomes`.
@@ -282,58 +361,6 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Removes expired sessions and tombstones; returns how many.
     async fn sweep(&self, now: u64) -> Result<usize, StoreError>;
-}
-
-/// Applies a rotation to a copy of the old record. Shared by every backend so that
-/// they build identical records.
-pub fn rotated_record(old: &SessionRecord, rotation: &Rotation) -> SessionRecord {
-    let mut rec = old.clone();
-    crate::vault::apply(&mut rec.vault, &rotation.changes);
-    if let Some(subject) = &rotation.authenticate {
-        rec.authenticated = true;
-        rec.authenticated_at = Some(rotation.now);
-        rec.subject = subject.clone().or(rec.subject);
-    }
-    rec.rotated_at = rotation.now;
-    rec.last_seen_at = rotation.now;
-    rec.expires_at = rotation.expires_at;
-    rec.version = 1;
-    rec.login_claim_until = None;
-    rec
-}
-
-/// Opens the configured store: the embedded ones directly, Firestore behind this
-/// replica's cache.
-pub async fn open(
-    config: &crate::config::StoreConfig,
-    metrics: &crate::telemetry::Metrics,
-) -> Result<std::sync::Arc<dyn SessionStore>, StoreError> {
-    use crate::config::StoreConfig;
-    use std::sync::Arc;
-    Ok(match config {
-        StoreConfig::Memory { .. } => Arc::new(MemoryStore::new()),
-        StoreConfig::File { path, .. } => Arc::new(file::FileStore::open(path)?),
-        StoreConfig::Firestore {
-            project_id,
-            database_id,
-            collection,
-            cache_ttl,
-            cache_stale_for,
-            cache_max_entries,
-        } => {
-            let remote =
-                firestore::FirestoreStore::connect(project_id, database_id, collection).await?;
-            Arc::new(
-                cache::CachedStore::new(
-                    Arc::new(remote),
-                    *cache_ttl,
-                    *cache_stale_for,
-                    *cache_max_entries,
-                )
-                .with_counters(metrics.cache_hits.clone(), metrics.cache_misses.clone()),
-            )
-        }
-    })
 }
 
 /// Current time in Unix milliseconds.

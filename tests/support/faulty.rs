@@ -2,33 +2,44 @@
 #![allow(unused_imports)]
 
 use super::*;
+use sessiongate::store::StoreOp;
 
-/// The embedded store with fault injection: while `failing` holds an operation name
-/// (or `"*"`), that operation returns `Unavailable`.
+/// Which operations fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failing {
+    Nothing,
+    Op(StoreOp),
+    Every,
+}
+
+/// The embedded store with fault injection: the operations `failing` names return
+/// [`StoreError::Backend`](sessiongate::store::StoreError::Backend).
 pub struct FaultyStore {
     pub inner: sessiongate::store::MemoryStore,
-    pub failing: Mutex<Option<&'static str>>,
+    pub failing: Mutex<Failing>,
 }
 
 impl FaultyStore {
     pub fn new() -> Arc<FaultyStore> {
         Arc::new(FaultyStore {
             inner: sessiongate::store::MemoryStore::new(),
-            failing: Mutex::new(None),
+            failing: Mutex::new(Failing::Nothing),
         })
     }
 
-    pub fn fail(&self, op: Option<&'static str>) {
-        *self.failing.lock().unwrap() = op;
+    pub fn fail(&self, failing: Failing) {
+        *self.failing.lock().unwrap() = failing;
     }
 
-    fn check(&self, op: &str) -> Result<(), sessiongate::store::StoreError> {
+    fn check(&self, op: StoreOp) -> Result<(), sessiongate::store::StoreError> {
         match *self.failing.lock().unwrap() {
-            Some(f) if f == "*" || f == op => Err(sessiongate::store::StoreError::Unavailable(
-                format!("injected failure in {op}"),
-            )),
-            _ => Ok(()),
+            Failing::Every => {}
+            Failing::Op(f) if f == op => {}
+            _ => return Ok(()),
         }
+        Err(sessiongate::store::StoreError::Backend(format!(
+            "injected failure in {op}"
+        )))
     }
 }
 
@@ -41,7 +52,7 @@ mod faulty_impl {
     #[async_trait::async_trait]
     impl SessionStore for FaultyStore {
         async fn load(&self, key: &SessionKey) -> Result<Lookup, StoreError> {
-            self.check("load")?;
+            self.check(StoreOp::Load)?;
             self.inner.load(key).await
         }
         /// Like a cache that still holds every entry: what `serve_cached` routes use
@@ -50,7 +61,7 @@ mod faulty_impl {
             self.inner.load(key).await.ok()
         }
         async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
-            self.check("create")?;
+            self.check(StoreOp::Create)?;
             self.inner.create(key, record).await
         }
         async fn merge_vault(
@@ -60,7 +71,7 @@ mod faulty_impl {
             now: u64,
             expires_at: u64,
         ) -> Result<Option<SessionRecord>, StoreError> {
-            self.check("merge_vault")?;
+            self.check(StoreOp::MergeVault)?;
             self.inner.merge_vault(key, changes, now, expires_at).await
         }
         async fn touch(
@@ -69,21 +80,21 @@ mod faulty_impl {
             now: u64,
             expires_at: u64,
         ) -> Result<(), StoreError> {
-            self.check("touch")?;
+            self.check(StoreOp::Touch)?;
             self.inner.touch(key, now, expires_at).await
         }
         async fn claim_login(
             &self,
             key: &SessionKey,
-            until: u64,
+            claim: LoginClaim,
             now: u64,
         ) -> Result<Claim, StoreError> {
-            self.check("claim_login")?;
-            self.inner.claim_login(key, until, now).await
+            self.check(StoreOp::ClaimLogin)?;
+            self.inner.claim_login(key, claim, now).await
         }
-        async fn release_login(&self, key: &SessionKey) -> Result<(), StoreError> {
-            self.check("release_login")?;
-            self.inner.release_login(key).await
+        async fn release_login(&self, key: &SessionKey, owner: u64) -> Result<(), StoreError> {
+            self.check(StoreOp::ReleaseLogin)?;
+            self.inner.release_login(key, owner).await
         }
         async fn rotate(
             &self,
@@ -91,7 +102,7 @@ mod faulty_impl {
             new: &SessionKey,
             rotation: &Rotation,
         ) -> Result<RotateOutcome, StoreError> {
-            self.check("rotate")?;
+            self.check(StoreOp::Rotate)?;
             self.inner.rotate(old, new, rotation).await
         }
         async fn revoke(
@@ -100,11 +111,11 @@ mod faulty_impl {
             reason: RevokeReason,
             keep_until: u64,
         ) -> Result<bool, StoreError> {
-            self.check("revoke")?;
+            self.check(StoreOp::Revoke)?;
             self.inner.revoke(key, reason, keep_until).await
         }
         async fn sweep(&self, now: u64) -> Result<usize, StoreError> {
-            self.check("sweep")?;
+            self.check(StoreOp::Sweep)?;
             self.inner.sweep(now).await
         }
     }

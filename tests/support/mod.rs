@@ -38,6 +38,7 @@ mod emulator;
 mod faulty;
 mod pki;
 mod proxy;
+mod tap;
 mod upstream;
 
 #[allow(unused_imports)]
@@ -54,5 +55,7 @@ pub use faulty::*;
 pub use pki::*;
 #[allow(unused_imports)]
 pub use proxy::*;
+#[allow(unused_imports)]
+pub use tap::*;
 #[allow(unused_imports)]
 pub use upstream::*;

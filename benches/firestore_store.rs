@@ -7,11 +7,12 @@
 //!    particular), and of a whole login through the proxy;
 //! 4. how long a logout on replica A takes to be honoured by replica B.
 //!
-//! Store operations are counted by a decorator *under* each replica's cache
-//! (`CachedStore` -> counter -> `FirestoreStore`): it sees exactly what reaches Firestore.
-//! Classification: `load` = 1 read; `create`, `touch` = 1 write; `merge_vault`,
-//! `claim_login`, `release_login`, `rotate`, `revoke` = 1 transaction = 1 read plus the
-//! writes its outcome implies (rotate: 2, the others: 1 or 0).
+//! Store calls are counted by a decorator *under* each replica's cache (`CachedStore`
+//! -> counter -> `FirestoreStore`), and what reaches Firestore by a tap on the wire
+//! between each replica and the emulator (`tests/support/tap.rs`, shared with the test
+//! suite like the emulator and PKI harness): gRPC calls by method, document reads (the
+//! read RPCs) and document writes (counted inside every commit it forwards). The figures
+//! are what the emulator received, not what the code expects to send.
 //!
 //! `cargo bench --bench firestore_store` runs the full measurement; without `--bench`
 //! (`cargo test --all-targets`) it does a short run that still checks every invariant.
@@ -30,10 +31,8 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,8 +43,7 @@ use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use sessiongate::config::StoreConfig;
 use sessiongate::session::SessionKey;
 use sessiongate::store::cache::CachedStore;
@@ -58,6 +56,11 @@ use sessiongate::vault::{VaultChange, VaultCookie};
 use sessiongate::{Config, Server};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::{Tap, TapCounts};
 
 const PROJECT: &str = "sessiongate-bench";
 const SG: &str = "__Host-sg";
@@ -76,19 +79,11 @@ struct Plan {
 
 // ---------------------------------------------------------------- the emulator
 
-/// The emulator this run talks to; kills the one it started when dropped.
+/// The emulator this run talks to: `FIRESTORE_EMULATOR_HOST`, or one of its own (the
+/// test suite's harness), killed when dropped.
 struct Emulator {
     host: String,
-    child: Option<Child>,
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    own: Option<support::Emulator>,
 }
 
 impl Emulator {
@@ -98,85 +93,19 @@ impl Emulator {
             .ok()
             .filter(|h| !h.is_empty())
         {
-            return Emulator { host, child: None };
+            return Emulator { host, own: None };
         }
-        let jar = std::env::var("SESSIONGATE_FIRESTORE_EMULATOR_JAR").unwrap_or_else(|_| {
-            "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar"
-                .to_owned()
-        });
-        assert!(
-            Path::new(&jar).is_file(),
-            "FIRESTORE_EMULATOR_HOST is not set and the emulator jar {jar} is missing: install google-cloud-cli-firestore-emulator (and a Java 17 runtime) or set SESSIONGATE_FIRESTORE_EMULATOR_JAR"
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port for the emulator")
-            .port();
-        let log_path = target_dir().join("firestore-bench-emulator.log");
-        let _ = std::fs::create_dir_all(target_dir());
-        let log = std::fs::File::create(&log_path).expect("the emulator's log file");
-        let child = Command::new("java")
-            .arg("-cp")
-            .arg(&jar)
-            .arg("com.google.cloud.datastore.emulator.firestore.CloudFirestore")
-            .arg("start")
-            .arg("--host=127.0.0.1")
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("the emulator's log file"))
-            .stderr(log)
-            .spawn()
-            .expect("starting java (the Firestore emulator)");
-        let host = format!("127.0.0.1:{port}");
-        let mut emulator = Emulator {
-            host: host.clone(),
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !emulator_ok(port) {
-            let exited = emulator
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if let Some(status) = exited {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                panic!("the Firestore emulator exited ({status}):\n{log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the Firestore emulator did not answer within 90 s; see {}",
-                log_path.display()
-            );
-            std::thread::sleep(Duration::from_millis(200));
+        let own = support::Emulator::start();
+        std::env::set_var("FIRESTORE_EMULATOR_HOST", &own.host);
+        Emulator {
+            host: own.host.clone(),
+            own: Some(own),
         }
-        std::env::set_var("FIRESTORE_EMULATOR_HOST", &host);
-        emulator
     }
 
     fn started_here(&self) -> bool {
-        self.child.is_some()
+        self.own.is_some()
     }
-}
-
-/// `GET /` answers `Ok` once the emulator serves.
-fn emulator_ok(port: u16) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut tcp) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
-    else {
-        return false;
-    };
-    let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
-    if tcp
-        .write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut reply = String::new();
-    let _ = tcp.read_to_string(&mut reply);
-    reply
-        .split_once("\r\n\r\n")
-        .is_some_and(|(_, body)| body.trim() == "Ok")
 }
 
 fn target_dir() -> PathBuf {
@@ -201,24 +130,24 @@ const RELEASE: usize = ix(StoreOp::ReleaseLogin);
 const ROTATE: usize = ix(StoreOp::Rotate);
 const REVOKE: usize = ix(StoreOp::Revoke);
 const SWEEP: usize = ix(StoreOp::Sweep);
-const TRANSACTIONS: [usize; 5] = [MERGE, CLAIM, RELEASE, ROTATE, REVOKE];
 
-/// Counts what reaches the wrapped store: calls, time spent, errors and document writes
-/// per operation.
+/// Counts what reaches the wrapped store: calls, time spent and errors per operation,
+/// and, from the replica's tap, what really went over the wire to Firestore.
 struct Counting {
     inner: Arc<dyn SessionStore>,
+    tap: Tap,
     calls: [AtomicU64; 9],
     nanos: [AtomicU64; 9],
-    writes: [AtomicU64; 9],
     errors: [AtomicU64; 9],
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Snap {
     calls: [u64; 9],
     nanos: [u64; 9],
-    writes: [u64; 9],
     errors: [u64; 9],
+    /// RPCs and document writes that reached the emulator.
+    wire: TapCounts,
 }
 
 impl Snap {
@@ -227,9 +156,9 @@ impl Snap {
         for i in 0..OPS.len() {
             d.calls[i] = self.calls[i] - before.calls[i];
             d.nanos[i] = self.nanos[i] - before.nanos[i];
-            d.writes[i] = self.writes[i] - before.writes[i];
             d.errors[i] = self.errors[i] - before.errors[i];
         }
+        d.wire = self.wire.since(&before.wire);
         d
     }
 
@@ -237,29 +166,26 @@ impl Snap {
         for i in 0..OPS.len() {
             self.calls[i] += other.calls[i];
             self.nanos[i] += other.nanos[i];
-            self.writes[i] += other.writes[i];
             self.errors[i] += other.errors[i];
         }
-    }
-
-    /// Document reads: one per load and one per transaction (its read of the document).
-    fn reads(&self) -> u64 {
-        self.calls[LOAD] + TRANSACTIONS.iter().map(|&i| self.calls[i]).sum::<u64>()
-    }
-
-    fn reads_of(&self, op: usize) -> u64 {
-        match op {
-            SWEEP => 0,
-            _ => self.calls[op],
+        for (m, n) in &other.wire.calls {
+            *self.wire.calls.entry(m.clone()).or_default() += n;
         }
+        self.wire.writes += other.wire.writes;
     }
 
+    /// Document reads that reached Firestore (read RPCs, inside transactions or not).
+    fn reads(&self) -> u64 {
+        self.wire.reads()
+    }
+
+    /// Documents written, counted in the commits and write RPCs Firestore received.
     fn writes(&self) -> u64 {
-        self.writes.iter().sum()
+        self.wire.writes
     }
 
     fn transactions(&self) -> u64 {
-        TRANSACTIONS.iter().map(|&i| self.calls[i]).sum()
+        self.wire.calls("BeginTransaction")
     }
 
     fn errors(&self) -> u64 {
@@ -273,35 +199,42 @@ impl Snap {
         self.nanos[op] as f64 / self.calls[op] as f64 / 1e6
     }
 
-    /// `op xN (r reads, w writes)` for every operation that happened.
+    /// `op xN` for every operation that happened, then what Firestore received.
     fn describe(&self) -> String {
-        let parts: Vec<String> = (0..OPS.len())
+        let ops: Vec<String> = (0..OPS.len())
             .filter(|&i| self.calls[i] > 0)
-            .map(|i| {
-                format!(
-                    "{} x{} ({}r {}w)",
-                    OPS[i].as_str(),
-                    self.calls[i],
-                    self.reads_of(i),
-                    self.writes[i]
-                )
-            })
+            .map(|i| format!("{} x{}", OPS[i].as_str(), self.calls[i]))
             .collect();
-        if parts.is_empty() {
-            "none".into()
-        } else {
-            parts.join(", ")
-        }
+        let wire: Vec<String> = self
+            .wire
+            .calls
+            .iter()
+            .map(|(m, n)| format!("{m} x{n}"))
+            .collect();
+        format!(
+            "{}; on the wire: {} ({} document writes)",
+            if ops.is_empty() {
+                "no store calls".into()
+            } else {
+                ops.join(", ")
+            },
+            if wire.is_empty() {
+                "nothing".into()
+            } else {
+                wire.join(", ")
+            },
+            self.wire.writes
+        )
     }
 }
 
 impl Counting {
-    fn new(inner: Arc<dyn SessionStore>) -> Counting {
+    fn new(inner: Arc<dyn SessionStore>, tap: Tap) -> Counting {
         Counting {
             inner,
+            tap,
             calls: Default::default(),
             nanos: Default::default(),
-            writes: Default::default(),
             errors: Default::default(),
         }
     }
@@ -311,9 +244,9 @@ impl Counting {
         for i in 0..OPS.len() {
             s.calls[i] = self.calls[i].load(Ordering::SeqCst);
             s.nanos[i] = self.nanos[i].load(Ordering::SeqCst);
-            s.writes[i] = self.writes[i].load(Ordering::SeqCst);
             s.errors[i] = self.errors[i].load(Ordering::SeqCst);
         }
+        s.wire = self.tap.counts();
         s
     }
 
@@ -321,17 +254,15 @@ impl Counting {
         &self,
         op: usize,
         fut: impl Future<Output = Result<T, StoreError>>,
-        writes: impl FnOnce(&T) -> u64,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         let r = fut.await;
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.calls[op].fetch_add(1, Ordering::SeqCst);
         self.nanos[op].fetch_add(took, Ordering::SeqCst);
-        match &r {
-            Ok(v) => self.writes[op].fetch_add(writes(v), Ordering::SeqCst),
-            Err(_) => self.errors[op].fetch_add(1, Ordering::SeqCst),
-        };
+        if r.is_err() {
+            self.errors[op].fetch_add(1, Ordering::SeqCst);
+        }
         r
     }
 }
@@ -339,7 +270,7 @@ impl Counting {
 #[async_trait]
 impl SessionStore for Counting {
     async fn load(&self, key: &SessionKey) -> Result<Lookup, StoreError> {
-        self.count(LOAD, self.inner.load(key), |_| 0).await
+        self.count(LOAD, self.inner.load(key)).await
     }
 
     async fn load_stale(&self, key: &SessionKey) -> Option<Lookup> {
@@ -347,8 +278,7 @@ impl SessionStore for Counting {
     }
 
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
-        self.count(CREATE, self.inner.create(key, record), |_| 1)
-            .await
+        self.count(CREATE, self.inner.create(key, record)).await
     }
 
     async fn merge_vault(
@@ -358,16 +288,12 @@ impl SessionStore for Counting {
         now: u64,
         expires_at: u64,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        self.count(
-            MERGE,
-            self.inner.merge_vault(key, changes, now, expires_at),
-            |r| u64::from(r.is_some()),
-        )
-        .await
+        self.count(MERGE, self.inner.merge_vault(key, changes, now, expires_at))
+            .await
     }
 
     async fn touch(&self, key: &SessionKey, now: u64, expires_at: u64) -> Result<(), StoreError> {
-        self.count(TOUCH, self.inner.touch(key, now, expires_at), |_| 1)
+        self.count(TOUCH, self.inner.touch(key, now, expires_at))
             .await
     }
 
@@ -377,15 +303,12 @@ impl SessionStore for Counting {
         claim: LoginClaim,
         now: u64,
     ) -> Result<Claim, StoreError> {
-        self.count(CLAIM, self.inner.claim_login(key, claim, now), |c| {
-            u64::from(*c == Claim::Claimed)
-        })
-        .await
+        self.count(CLAIM, self.inner.claim_login(key, claim, now))
+            .await
     }
 
     async fn release_login(&self, key: &SessionKey, owner: u64) -> Result<(), StoreError> {
-        // At most one write (none when no claim was set); counted as one.
-        self.count(RELEASE, self.inner.release_login(key, owner), |_| 1)
+        self.count(RELEASE, self.inner.release_login(key, owner))
             .await
     }
 
@@ -395,11 +318,8 @@ impl SessionStore for Counting {
         new: &SessionKey,
         rotation: &Rotation,
     ) -> Result<RotateOutcome, StoreError> {
-        self.count(ROTATE, self.inner.rotate(old, new, rotation), |o| match o {
-            RotateOutcome::Rotated(_) => 2,
-            RotateOutcome::OldGone => 0,
-        })
-        .await
+        self.count(ROTATE, self.inner.rotate(old, new, rotation))
+            .await
     }
 
     async fn revoke(
@@ -408,64 +328,12 @@ impl SessionStore for Counting {
         reason: RevokeReason,
         keep_until: u64,
     ) -> Result<bool, StoreError> {
-        self.count(REVOKE, self.inner.revoke(key, reason, keep_until), |&was| {
-            u64::from(was)
-        })
-        .await
+        self.count(REVOKE, self.inner.revoke(key, reason, keep_until))
+            .await
     }
 
     async fn sweep(&self, now: u64) -> Result<usize, StoreError> {
-        self.count(SWEEP, self.inner.sweep(now), |_| 0).await
-    }
-}
-
-// ---------------------------------------------------------------- PKI
-
-struct Pki {
-    /// Holds the PEM files until the proxies have read them.
-    _dir: tempfile::TempDir,
-    ca: CertificateDer<'static>,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "sessiongate bench CA");
-        let ca_key = KeyPair::generate().expect("CA key");
-        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let leaf_key = KeyPair::generate().expect("leaf key");
-        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-            .expect("leaf params")
-            .signed_by(&leaf_key, &Issuer::from_params(&ca_params, &ca_key))
-            .expect("leaf certificate");
-        let cert = dir.path().join("proxy.crt");
-        let key = dir.path().join("proxy.key");
-        std::fs::write(&cert, leaf.pem()).expect("writing the certificate");
-        std::fs::write(&key, leaf_key.serialize_pem()).expect("writing the key");
-        Pki {
-            ca: ca.der().clone(),
-            _dir: dir,
-            cert,
-            key,
-        }
-    }
-
-    fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).expect("trusting the CA");
-        let mut cfg = rustls::ClientConfig::builder_with_provider(sessiongate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(cfg)
+        self.count(SWEEP, self.inner.sweep(now)).await
     }
 }
 
@@ -591,7 +459,12 @@ impl Drop for Replica {
     }
 }
 
-fn replica_config(pki: &Pki, app: SocketAddr, collection: &str, cache_ttl: Option<&str>) -> String {
+fn replica_config(
+    leaf: &support::LeafFiles,
+    app: SocketAddr,
+    collection: &str,
+    cache_ttl: Option<&str>,
+) -> String {
     let ttl = cache_ttl.map_or(String::new(), |t| format!("cache_ttl = \"{t}\"\n"));
     format!(
         r#"
@@ -623,8 +496,8 @@ subject = {{ form_field = "username" }}
 path = "/logout"
 methods = ["POST"]
 "#,
-        cert = pki.cert.display(),
-        key = pki.key.display(),
+        cert = leaf.cert.display(),
+        key = leaf.key.display(),
     )
 }
 
@@ -644,10 +517,15 @@ async fn start_replica(text: &str) -> Replica {
     else {
         panic!("the bench config must use the Firestore store");
     };
-    let remote = FirestoreStore::connect(&project_id, &database_id, &collection)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to Firestore: {e}"));
-    let counts = Arc::new(Counting::new(Arc::new(remote)));
+    // Each replica talks to Firestore through a tap of its own, which counts what
+    // reaches the emulator. The client library reads the address when it connects.
+    let emulator = std::env::var("FIRESTORE_EMULATOR_HOST").expect("the emulator's address");
+    let tap = Tap::start(&emulator).await;
+    std::env::set_var("FIRESTORE_EMULATOR_HOST", &tap.host);
+    let remote = FirestoreStore::connect(&project_id, &database_id, &collection).await;
+    std::env::set_var("FIRESTORE_EMULATOR_HOST", &emulator);
+    let remote = remote.unwrap_or_else(|e| panic!("connecting to Firestore: {e}"));
+    let counts = Arc::new(Counting::new(Arc::new(remote), tap));
     let store = Arc::new(CachedStore::new(
         counts.clone(),
         cache_ttl,
@@ -1144,11 +1022,12 @@ async fn measure(plan: &Plan) -> Results {
         .unwrap_or_else(|e| panic!("connecting to Firestore: {e}"));
     let backend = backend_latency(&backend_store, plan.op_samples).await;
 
-    let pki = Pki::new();
-    let tls = pki.client_config();
+    let pki = support::Pki::new();
+    let leaf = pki.leaf("proxy", &["localhost"]);
+    let tls = pki.client_config(&[b"http/1.1"]);
     let app = start_app().await;
     // A and B: two replicas with the default cache_ttl, sharing one collection.
-    let text = replica_config(&pki, app, &collection, None);
+    let text = replica_config(&leaf, app, &collection, None);
     let a = start_replica(&text).await;
     let b = start_replica(&text).await;
     assert_eq!(
@@ -1172,7 +1051,7 @@ async fn measure(plan: &Plan) -> Results {
 
     let mut warm = vec![warm_run(&a, &tls, &id, &user, plan.requests, Duration::ZERO).await];
     // C: a replica whose cache outlives the run, so "warm" holds throughout.
-    let c = start_replica(&replica_config(&pki, app, &collection, Some("1h"))).await;
+    let c = start_replica(&replica_config(&leaf, app, &collection, Some("1h"))).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     warm.push(warm_run(&c, &tls, &id, &user, plan.requests, Duration::ZERO).await);
     drop(c);
@@ -1246,7 +1125,14 @@ fn check(r: &Results) {
             "login {i}: one claim and one rotation: {}",
             ops.describe()
         );
-        assert_eq!((ops.writes[CLAIM], ops.writes[ROTATE]), (1, 2), "login {i}");
+        // Firestore received: the claim's commit (1 write) and the rotation's (the new
+        // document and the old one's tombstone), nothing else.
+        assert_eq!(
+            (ops.wire.calls("Commit"), ops.writes()),
+            (2, 3),
+            "login {i}: {}",
+            ops.describe()
+        );
         assert_eq!(
             ops.transactions(),
             2,
@@ -1294,7 +1180,7 @@ fn check(r: &Results) {
         assert_eq!(
             (
                 rv.logout.calls[REVOKE],
-                rv.logout.writes[REVOKE],
+                rv.logout.writes(),
                 rv.logout.transactions()
             ),
             (1, 1, 1),
@@ -1335,7 +1221,7 @@ fn report(plan: &Plan, emulator: &Emulator, r: &Results) -> String {
     ));
     o.push(String::new());
     o.push(format!(
-        "Measured {} on {} cores ({}), Firestore emulator at {} ({}); the proxies, the app, the client and the emulator share the machine. Store operations are counted between each replica's cache and Firestore.",
+        "Measured {} on {} cores ({}), Firestore emulator at {} ({}); the proxies, the app, the client and the emulator share the machine. Store calls are counted between each replica's cache and Firestore; RPCs, document reads and document writes on the wire between each replica and the emulator.",
         httpdate::fmt_http_date(SystemTime::now()),
         cores,
         cpu_model(),
@@ -1377,8 +1263,8 @@ fn report(plan: &Plan, emulator: &Emulator, r: &Results) -> String {
         r.cache_ttl
     ));
     o.push(String::new());
-    o.push("| step | operations (mean per login) | reads | writes |".into());
-    o.push("|---|---|---|---|".into());
+    o.push("| step | store calls (mean per login) | RPCs Firestore received | document reads | document writes |".into());
+    o.push("|---|---|---|---|---|".into());
     let mean = |pick: &dyn Fn(&LoginSample) -> bool, f: &dyn Fn(&LoginSample) -> Snap| {
         let mut total = Snap::default();
         let mut n = 0u64;
@@ -1391,23 +1277,25 @@ fn report(plan: &Plan, emulator: &Emulator, r: &Results) -> String {
     let row = |o: &mut Vec<String>, step: &str, (s, n): (Snap, u64)| {
         let parts: Vec<String> = (0..OPS.len())
             .filter(|&i| s.calls[i] > 0)
-            .map(|i| {
-                format!(
-                    "{} {} ({}r {}w)",
-                    OPS[i].as_str(),
-                    s.calls[i] as f64 / n as f64,
-                    s.reads_of(i) as f64 / n as f64,
-                    s.writes[i] as f64 / n as f64
-                )
-            })
+            .map(|i| format!("{} {}", OPS[i].as_str(), s.calls[i] as f64 / n as f64))
             .collect();
-        o.push(format!(
-            "| {step} | {} | {} | {} |",
-            if parts.is_empty() {
+        let rpcs: Vec<String> = s
+            .wire
+            .calls
+            .iter()
+            .map(|(m, c)| format!("{m} {}", *c as f64 / n as f64))
+            .collect();
+        let none = |v: Vec<String>| {
+            if v.is_empty() {
                 "none".to_owned()
             } else {
-                parts.join(" + ")
-            },
+                v.join(" + ")
+            }
+        };
+        o.push(format!(
+            "| {step} | {} | {} | {} | {} |",
+            none(parts),
+            none(rpcs),
             s.reads() as f64 / n as f64,
             s.writes() as f64 / n as f64
         ));
@@ -1415,27 +1303,27 @@ fn report(plan: &Plan, emulator: &Emulator, r: &Results) -> String {
     row(
         &mut o,
         "first visit (app sets its cookie)",
-        mean(&|_| true, &|l| l.first_visit),
+        mean(&|_| true, &|l| l.first_visit.clone()),
     );
     row(
         &mut o,
         "login request, within cache_ttl of the last request",
-        mean(&|l| !l.cold, &|l| l.login),
+        mean(&|l| !l.cold, &|l| l.login.clone()),
     );
     row(
         &mut o,
         "login request, more than cache_ttl after the last request",
-        mean(&|l| l.cold, &|l| l.login),
+        mean(&|l| l.cold, &|l| l.login.clone()),
     );
     row(
         &mut o,
         "first request after the login",
-        mean(&|_| true, &|l| l.after),
+        mean(&|_| true, &|l| l.after.clone()),
     );
     row(
         &mut o,
         "the other replica, meanwhile",
-        mean(&|_| true, &|l| l.other_replica),
+        mean(&|_| true, &|l| l.other_replica.clone()),
     );
     let mut logout = Snap::default();
     for rv in &r.revocations {

@@ -103,27 +103,51 @@ async fn planted_app_cookie_never_reaches_the_app() {
     assert_eq!(whoami(&mut attacker).await, "anonymous");
 }
 
+/// The app adopts a session ID from the query, a `;SID=` path parameter or a form
+/// field when the request has no cookie (shown directly first); through the proxy, from
+/// fresh clients that hold no app cookie yet, none of them reaches the app.
 #[tokio::test]
 async fn app_session_ids_in_urls_and_forms_are_stripped() {
     let (app, proxy) = start("").await;
-    let mut victim = Browser::new(&proxy);
-    let echo = victim
+    let mut direct = Browser::direct(app.up.addr);
+    direct.get("/page;SID=direct-path").await;
+    direct.get("/page?SID=direct-query").await;
+    direct.post_form("/page", &[("SID", "direct-form")]).await;
+    for id in ["direct-path", "direct-query", "direct-form"] {
+        assert!(
+            app.saw(id),
+            "the app does not read {id}: the test proves nothing"
+        );
+    }
+
+    let echo = Browser::new(&proxy)
         .get("/echo;SID=url-param-id?keep=1&SID=query-id")
         .await
         .text();
     assert!(echo.ends_with("/echo?keep=1"), "app saw target: {echo}");
+    Browser::new(&proxy)
+        .post_form("/page", &[("SID", "form-id"), ("x", "1")])
+        .await;
+    let mut victim = Browser::new(&proxy);
     let r = victim
         .post_form(
-            "/login?SID=query-id",
+            "/login;SID=login-path-id?SID=login-query-id",
             &[
-                ("SID", "form-id"),
+                ("SID", "login-form-id"),
                 ("username", "alice"),
                 ("password", "pw-alice"),
             ],
         )
         .await;
     assert_eq!(r.status, 303);
-    for id in ["url-param-id", "query-id", "form-id"] {
+    for id in [
+        "url-param-id",
+        "query-id",
+        "form-id",
+        "login-path-id",
+        "login-query-id",
+        "login-form-id",
+    ] {
         assert!(!app.saw(id), "{id} reached the app");
     }
     assert_eq!(whoami(&mut victim).await, "alice");

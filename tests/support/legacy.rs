@@ -78,9 +78,11 @@ clear_site_data = true
     }
 }
 
-fn sid_from(req: &Request<Incoming>) -> Option<String> {
+/// The app's session ID as a lax legacy app reads it: the cookie, else `SID` in the
+/// query, else a `;SID=` path parameter, else a `SID` field of a form body.
+fn sid_from(req: &http::request::Parts, body: &[u8]) -> Option<String> {
     let cookie = req
-        .headers()
+        .headers
         .get_all("cookie")
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -89,17 +91,20 @@ fn sid_from(req: &Request<Incoming>) -> Option<String> {
         .map(str::to_owned)
         .next();
     let query = req
-        .uri()
+        .uri
         .query()
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("SID=")))
         .map(str::to_owned);
     let path_param = req
-        .uri()
+        .uri
         .path()
         .split(';')
         .find_map(|p| p.strip_prefix("SID="))
         .map(|p| p.split('/').next().unwrap_or(p).to_owned());
-    cookie.or(query).or(path_param)
+    let form = form_urlencoded::parse(body)
+        .find(|(k, _)| k == "SID")
+        .map(|(_, v)| v.into_owned());
+    cookie.or(query).or(path_param).or(form)
 }
 
 async fn handle(
@@ -114,8 +119,16 @@ async fn handle(
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let mut set_cookies = Vec::new();
-    let sid = match sid_from(&req) {
+    let presented = sid_from(&parts, &body);
+    let req = Request::from_parts(parts, ());
+    let sid = match presented {
         Some(sid) => sid,
         None => {
             let sid = format!("app{}", counter.fetch_add(1, Ordering::SeqCst));
@@ -135,12 +148,6 @@ async fn handle(
         .unwrap_or_default();
     let method = req.method().clone();
     let query = req.uri().query().unwrap_or("").to_owned();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
 
     if (method.as_str(), path.as_str()) == ("GET", "/events") {
         return events(sessions, sid);

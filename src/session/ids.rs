@@ -30,6 +30,10 @@ struct State {
     rng: ChaCha20Rng,
     since_seed: usize,
     seeded_at: Instant,
+    /// How many times the generator was reseeded (tests).
+    reseeds: u64,
+    /// `RESEED_AFTER`, shorter in tests.
+    reseed_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +47,8 @@ impl ChaChaIds {
                 rng: seed()?,
                 since_seed: 0,
                 seeded_at: Instant::now(),
+                reseeds: 0,
+                reseed_after: RESEED_AFTER,
             }),
         })
     }
@@ -57,12 +63,13 @@ impl IdSource for ChaChaIds {
         // A poisoned lock only means another thread panicked mid-mint; the generator
         // state is still a valid CSPRNG state.
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.since_seed >= RESEED_BYTES || s.seeded_at.elapsed() >= RESEED_AFTER {
+        if s.since_seed >= RESEED_BYTES || s.seeded_at.elapsed() >= s.reseed_after {
             match seed() {
                 Ok(rng) => {
                     s.rng = rng;
                     s.since_seed = 0;
                     s.seeded_at = Instant::now();
+                    s.reseeds = s.reseeds.wrapping_add(1);
                 }
                 // Keep the current (still secure) stream; try again next time.
                 Err(e) => tracing::error!(error = %e, "reseeding the session ID generator failed"),
@@ -80,11 +87,52 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
+    fn state(ids: &ChaChaIds) -> std::sync::MutexGuard<'_, State> {
+        ids.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The ID the old stream would have produced next.
+    fn next_of(rng: &ChaCha20Rng) -> [u8; ID_BYTES] {
+        let mut rng = rng.clone();
+        let mut b = [0u8; ID_BYTES];
+        rng.fill_bytes(&mut b);
+        b
+    }
+
     #[test]
-    fn ids_are_distinct_across_reseeds() {
+    fn reseeds_after_its_byte_budget_with_a_fresh_stream() {
         let ids = ChaChaIds::new().unwrap();
-        let n = RESEED_BYTES / ID_BYTES * 2 + 10;
-        let seen: HashSet<String> = (0..n).map(|_| ids.mint().cookie_value()).collect();
-        assert_eq!(seen.len(), n);
+        let per_seed = RESEED_BYTES / ID_BYTES;
+        let mut seen: HashSet<String> = (0..per_seed).map(|_| ids.mint().cookie_value()).collect();
+        assert_eq!(state(&ids).reseeds, 0, "reseeded before its budget");
+        let old_next = next_of(&state(&ids).rng);
+        let id = ids.mint();
+        assert_eq!(
+            state(&ids).reseeds,
+            1,
+            "no reseed after {RESEED_BYTES} bytes"
+        );
+        assert_ne!(
+            id.cookie_value(),
+            SessionId::from_bytes(old_next).cookie_value(),
+            "the old stream went on"
+        );
+        seen.insert(id.cookie_value());
+        assert_eq!(seen.len(), per_seed + 1);
+    }
+
+    #[test]
+    fn reseeds_after_its_time_budget() {
+        let ids = ChaChaIds::new().unwrap();
+        ids.mint();
+        assert_eq!(state(&ids).reseeds, 0);
+        state(&ids).reseed_after = Duration::ZERO;
+        let old_next = next_of(&state(&ids).rng);
+        let id = ids.mint();
+        assert_eq!(state(&ids).reseeds, 1);
+        assert_ne!(
+            id.cookie_value(),
+            SessionId::from_bytes(old_next).cookie_value()
+        );
     }
 }

@@ -262,13 +262,14 @@ mod tests {
     struct Counting {
         inner: MemoryStore,
         loads: AtomicUsize,
+        delay: Duration,
     }
 
     #[async_trait]
     impl SessionStore for Counting {
         async fn load(&self, key: &SessionKey) -> Result<Lookup, StoreError> {
             self.loads.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(self.delay).await;
             self.inner.load(key).await
         }
         async fn create(&self, k: &SessionKey, r: &SessionRecord) -> Result<(), StoreError> {
@@ -319,10 +320,42 @@ mod tests {
     }
 
     fn counting() -> Arc<Counting> {
+        slow_counting(Duration::from_millis(50))
+    }
+
+    fn slow_counting(delay: Duration) -> Arc<Counting> {
         Arc::new(Counting {
             inner: MemoryStore::new(),
             loads: AtomicUsize::new(0),
+            delay,
         })
+    }
+
+    /// Freshness counts from the start of the read that filled the entry, not from its
+    /// end: a read that began before another replica's write may return the older state,
+    /// and the login settle wait (`ttl` after the claim) relies on no copy outliving
+    /// `ttl` from the moment the store was read. A 150 ms read, ttl 200 ms: 250 ms after
+    /// it began (100 ms after it ended) the entry must be stale.
+    #[tokio::test]
+    async fn freshness_is_counted_from_the_start_of_the_read() {
+        let inner = slow_counting(Duration::from_millis(150));
+        let cache = CachedStore::new(
+            inner.clone(),
+            Duration::from_millis(200),
+            Duration::from_secs(60),
+            100,
+        );
+        let key = SessionKey([4; 32]);
+        let started = Instant::now();
+        cache.load(&key).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        tokio::time::sleep_until((started + Duration::from_millis(250)).into()).await;
+        cache.load(&key).await.unwrap();
+        assert_eq!(
+            inner.loads.load(Ordering::SeqCst),
+            2,
+            "an entry older than ttl, counted from its read's start, was served"
+        );
     }
 
     #[tokio::test]

@@ -654,3 +654,307 @@ impl Sessions {
         }
     }
 }
+
+/// The session lifecycle driven directly: a deterministic ID source, the memory store,
+/// explicit clocks (the `now` each call takes) and paused tokio time for the waits.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::ids::SequentialIds;
+    use crate::store::{LoginClaim, MemoryStore};
+    use crate::vault::VaultCookie;
+
+    const T0: u64 = 1_700_000_000_000;
+    const ROUTE: &str = "test";
+
+    fn cfg() -> SessionConfig {
+        SessionConfig {
+            cookie_name: "__Host-sg".into(),
+            same_site: crate::cookies::SameSite::Lax,
+            idle_timeout: Duration::from_secs(1800),
+            absolute_timeout: Duration::from_secs(12 * 3600),
+            rotate_interval: Duration::from_secs(900),
+            rotate_grace: Duration::from_secs(5),
+            touch_interval: Duration::from_secs(60),
+            store_timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn sessions_on(store: Arc<dyn SessionStore>, settle: Duration) -> Sessions {
+        Sessions::new(
+            cfg(),
+            store,
+            Arc::new(SequentialIds::default()),
+            Duration::from_secs(2),
+            settle,
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    fn sessions() -> Sessions {
+        sessions_on(Arc::new(MemoryStore::new()), Duration::ZERO)
+    }
+
+    fn set(name: &str, value: &str) -> VaultChange {
+        VaultChange::Set(VaultCookie {
+            name: name.into(),
+            value: value.into(),
+            path: "/".into(),
+            expires_at: None,
+        })
+    }
+
+    /// The ID a `Set-Cookie` for sessiongate's cookie carries.
+    fn presented(cookie: &HeaderValue) -> Presented {
+        let value = cookie
+            .to_str()
+            .ok()
+            .and_then(|c| c.split(';').next())
+            .and_then(|p| p.split_once('='))
+            .map(|(_, v)| v.to_owned())
+            .unwrap_or_default();
+        SessionId::parse(value.as_bytes()).map_or(Presented::Malformed, Presented::Valid)
+    }
+
+    async fn resolve(s: &Sessions, p: &Presented, now: u64) -> Resolved {
+        s.resolve(p, ROUTE, now, StoreFailurePolicy::FailClosed)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// An anonymous session holding the app's `SID`.
+    async fn anonymous(s: &Sessions) -> (Presented, Current) {
+        let cookie = s
+            .after_response(None, vec![set("SID", "app1")], ROUTE, T0)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no session created"));
+        let id = presented(&cookie);
+        let cur = resolve(s, &id, T0 + 1)
+            .await
+            .current
+            .unwrap_or_else(|| panic!("not live"));
+        (id, cur)
+    }
+
+    #[tokio::test]
+    async fn an_app_cookie_starts_a_session_and_nothing_else_does() {
+        let s = sessions();
+        assert!(s
+            .after_response(None, Vec::new(), ROUTE, T0)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none());
+        let (_, cur) = anonymous(&s).await;
+        assert!(!cur.record.authenticated);
+        assert_eq!(cur.record.vault.len(), 1);
+        assert_eq!(s.counters().created.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_login_kills_the_old_id_and_the_new_one_is_signed_in() {
+        let s = sessions();
+        let (old, cur) = anonymous(&s).await;
+        let cookie = s
+            .login(
+                Some(&cur),
+                vec![set("SID", "app2")],
+                Some("alice".into()),
+                ROUTE,
+                T0 + 2,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let new = presented(&cookie);
+        let dead = resolve(&s, &old, T0 + 3).await;
+        assert!(dead.current.is_none(), "the pre-login ID still works");
+        assert!(
+            !dead.expire_cookie,
+            "a rotated-away ID must not delete the new cookie"
+        );
+        assert_eq!(s.counters().stale_ids.get(), 1);
+        let now = resolve(&s, &new, T0 + 3)
+            .await
+            .current
+            .unwrap_or_else(|| panic!("dead"));
+        assert!(now.record.authenticated);
+        assert_eq!(now.record.subject.as_deref(), Some("alice"));
+        assert_eq!(now.record.vault[0].value, "app2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_is_exclusive_released_only_by_its_login_and_waits_the_settle_time() {
+        let s = sessions_on(Arc::new(MemoryStore::new()), Duration::from_secs(1));
+        let (id, cur) = anonymous(&s).await;
+        let started = tokio::time::Instant::now();
+        let claim = s
+            .claim_login(&cur, Duration::from_secs(10), T0 + 2)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "no settle wait"
+        );
+        assert!(matches!(
+            s.claim_login(&cur, Duration::from_secs(10), T0 + 3).await,
+            Err(ProxyError::LoginInProgress)
+        ));
+        // Ordinary requests wait out the login too.
+        assert!(matches!(
+            s.resolve(&id, ROUTE, T0 + 3, StoreFailurePolicy::FailClosed)
+                .await,
+            Err(ProxyError::LoginInProgress)
+        ));
+        let stranger = LoginClaim {
+            owner: claim.owner.wrapping_add(1),
+            until: claim.until,
+        };
+        s.release_login(&cur, stranger)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !s.still_current(&cur).await.unwrap_or(true),
+            "released by a stranger"
+        );
+        s.release_login(&cur, claim)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.still_current(&cur).await.unwrap_or(false));
+    }
+
+    #[tokio::test]
+    async fn a_claim_that_runs_out_kills_the_session() {
+        let s = sessions();
+        let (id, cur) = anonymous(&s).await;
+        let claim = s
+            .claim_login(&cur, Duration::from_secs(10), T0 + 2)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let after = resolve(&s, &id, claim.until).await;
+        assert!(after.current.is_none() && after.expire_cookie);
+        assert_eq!(
+            s.store.load(&cur.key).await.ok(),
+            Some(Lookup::Revoked(RevokeReason::LoginIncomplete))
+        );
+    }
+
+    #[tokio::test]
+    async fn periodic_rotation_leaves_a_grace_window_only() {
+        let s = sessions();
+        let (_, cur) = anonymous(&s).await;
+        let cookie = s
+            .login(Some(&cur), Vec::new(), Some("bob".into()), ROUTE, T0 + 2)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let first = presented(&cookie);
+        let signed_in = resolve(&s, &first, T0 + 3)
+            .await
+            .current
+            .unwrap_or_else(|| panic!("dead"));
+        let due = T0 + 2 + 900_000;
+        let rotated = s
+            .after_response(Some(&signed_in), Vec::new(), ROUTE, due)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no periodic rotation"));
+        let second = presented(&rotated);
+        let via_grace = resolve(&s, &first, due + 4_999)
+            .await
+            .current
+            .unwrap_or_else(|| panic!("no grace"));
+        assert!(via_grace.via_grace);
+        assert!(resolve(&s, &first, due + 5_000).await.current.is_none());
+        assert!(resolve(&s, &second, due + 5_000).await.current.is_some());
+        assert_eq!(s.counters().periodic_rotated.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn idle_sessions_expire_and_the_cookie_is_dropped() {
+        let s = sessions();
+        let (id, _) = anonymous(&s).await;
+        assert!(resolve(&s, &id, T0 + 1_799_999).await.current.is_some());
+        let r = resolve(&s, &id, T0 + 1_800_000).await;
+        assert!(r.current.is_none() && r.expire_cookie);
+        assert_eq!(s.counters().expired.get(), 1);
+    }
+
+    /// A store that never answers.
+    struct Hung;
+
+    #[async_trait::async_trait]
+    impl SessionStore for Hung {
+        async fn load(&self, _: &SessionKey) -> Result<Lookup, StoreError> {
+            std::future::pending().await
+        }
+        async fn create(&self, _: &SessionKey, _: &SessionRecord) -> Result<(), StoreError> {
+            std::future::pending().await
+        }
+        async fn merge_vault(
+            &self,
+            _: &SessionKey,
+            _: &[VaultChange],
+            _: u64,
+            _: u64,
+        ) -> Result<Option<SessionRecord>, StoreError> {
+            std::future::pending().await
+        }
+        async fn touch(&self, _: &SessionKey, _: u64, _: u64) -> Result<(), StoreError> {
+            std::future::pending().await
+        }
+        async fn claim_login(
+            &self,
+            _: &SessionKey,
+            _: LoginClaim,
+            _: u64,
+        ) -> Result<Claim, StoreError> {
+            std::future::pending().await
+        }
+        async fn release_login(&self, _: &SessionKey, _: u64) -> Result<(), StoreError> {
+            std::future::pending().await
+        }
+        async fn rotate(
+            &self,
+            _: &SessionKey,
+            _: &SessionKey,
+            _: &Rotation,
+        ) -> Result<RotateOutcome, StoreError> {
+            std::future::pending().await
+        }
+        async fn revoke(
+            &self,
+            _: &SessionKey,
+            _: RevokeReason,
+            _: u64,
+        ) -> Result<bool, StoreError> {
+            std::future::pending().await
+        }
+        async fn sweep(&self, _: u64) -> Result<usize, StoreError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_does_not_answer_fails_closed_at_the_deadline() {
+        let s = sessions_on(Arc::new(Hung), Duration::ZERO);
+        let id = Presented::Valid(SessionId::from_bytes([7; crate::session::ID_BYTES]));
+        let started = tokio::time::Instant::now();
+        let r = s
+            .resolve(&id, ROUTE, T0, StoreFailurePolicy::FailClosed)
+            .await;
+        assert!(matches!(
+            r,
+            Err(ProxyError::Store {
+                op: StoreOp::Load,
+                source: StoreError::Timeout
+            })
+        ));
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(
+            s.metrics
+                .store_errors
+                .get_or_create(&OpLabel { op: StoreOp::Load })
+                .get(),
+            1
+        );
+    }
+}

@@ -82,6 +82,22 @@ impl IdSource for ChaChaIds {
     }
 }
 
+/// IDs 1, 2, 3, ... (each byte of the ID is the counter's low byte, the first eight
+/// bytes its value): reproducible unit tests of the session lifecycle.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct SequentialIds(std::sync::atomic::AtomicU64);
+
+#[cfg(test)]
+impl IdSource for SequentialIds {
+    fn mint(&self) -> SessionId {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let mut bytes = [n as u8; ID_BYTES];
+        bytes[..8].copy_from_slice(&n.to_le_bytes());
+        SessionId::from_bytes(bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,6 +116,9 @@ impl Tap {
         let Ok(up) = TcpStream::connect(upstream).await else {
             return;
         };
+        // Small RPCs back and forth: without this, Nagle and delayed ACKs add tens of
+        // milliseconds to each.
+        let _ = (tcp.set_nodelay(true), up.set_nodelay(true));
         let Ok((sender, conn)) = client_h2::handshake(TokioExecutor::new(), TokioIo::new(up)).await
         else {
             return;

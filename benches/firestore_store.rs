@@ -21,12 +21,13 @@
 //! printed and written to `target/firestore_bench.md` (short runs:
 //! `target/firestore_bench.short.md`).
 //!
-//! Last result (2-core EPYC VM, emulator on the same machine, 2026-11-26): 0 reads and 0
-//! writes per 1000 back-to-back requests, one read per request when they are more than
-//! cache_ttl apart; a login = claim (1r 1w) + rotate (1r 2w), plus one load if the cache
-//! went cold, after a create (1w) at the first visit; rotate p50 2.7 ms, p99 11.6 ms; a
-//! login through the proxy p50 1012 ms, of which 1000 ms is the settle wait; revocation
-//! on the other replica p50 472 ms, max 972 ms over 20 trials (cache_ttl 1s).
+//! Last result (2-core EPYC VM, emulator on the same machine, 2026-12-02), as the
+//! emulator received it: 0 reads and 0 writes per 1000 back-to-back requests, one read
+//! per request when they are more than cache_ttl apart; a login = 2 BeginTransaction +
+//! 2 GetDocument + 2 Commit writing 3 documents (claim 1, rotation 2), plus one read if
+//! the cache went cold, after a CreateDocument at the first visit; rotate p50 10.8 ms; a
+//! login through the proxy p50 1032 ms, of which 1000 ms is the settle wait; revocation
+//! on the other replica p50 480 ms, max 968 ms over 20 trials (cache_ttl 1s).
 
 use std::collections::HashMap;
 use std::convert::Infallible;

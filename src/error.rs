@@ -31,7 +31,7 @@ pub enum ProxyError {
     Upstream(#[source] BoxError),
     #[error("upstream sent no response within {0:?}")]
     UpstreamTimeout(Duration),
-    #[error("session store failed during {op}: {source}")]
+    #[error("session store failed during {op} ({kind}): {source}", kind = .source.kind())]
     Store {
         op: crate::store::StoreOp,
         source: crate::store::StoreError,

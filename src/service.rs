@@ -165,12 +165,21 @@ impl AppState {
         })
     }
 
-    /// Serves one request; never fails (errors become pages).
-    pub async fn handle(
+    /// Serves one request; never fails (errors become pages). Generic over the body, so
+    /// the pipeline can be driven without a client socket; every phase works on the
+    /// boxed [`Body`] (the upgrade handle travels in the request's extensions).
+    pub async fn handle<B>(
         self: Arc<Self>,
         conn: ConnInfo,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<Body>, Infallible> {
+        req: Request<B>,
+    ) -> Result<Response<Body>, Infallible>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        B::Error: Into<crate::BoxError>,
+    {
+        let mut req = req.map(|b| {
+            http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(b, Into::into))
+        });
         let started = Instant::now();
         let method = req.method().clone();
         // Only the path: query strings can carry session IDs and personal data.
@@ -224,7 +233,7 @@ impl AppState {
         route: &Arc<Route>,
         conn: ConnInfo,
         canon: Canonical,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
         self.check_route(route, &mut req)?;
         match &route.session {
@@ -253,7 +262,7 @@ impl AppState {
     }
 
     /// Route-level refusals and removals that do not depend on the session.
-    fn check_route(&self, route: &Route, req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+    fn check_route(&self, route: &Route, req: &mut Request<Body>) -> Result<(), ProxyError> {
         let m = req.method().as_str();
         if !route.allow_trace
             && (m.eq_ignore_ascii_case("TRACE") || m.eq_ignore_ascii_case("TRACK"))
@@ -282,7 +291,7 @@ impl AppState {
         route: &Route,
         conn: ConnInfo,
         canon: Canonical,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
         let cookie_name = &self.sessions.cfg.cookie_name;
         if route.protected.is_empty() {
@@ -336,7 +345,7 @@ impl AppState {
     async fn proxy_session(
         &self,
         mut ctx: Ctx<'_>,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
         self.session_cookies(&mut ctx, &req);
         self.admit_and_resolve(&mut ctx).await?;
@@ -394,7 +403,7 @@ impl AppState {
     }
 
     /// Phase: the Cookie header, read strictly.
-    fn session_cookies(&self, ctx: &mut Ctx<'_>, req: &Request<Incoming>) {
+    fn session_cookies(&self, ctx: &mut Ctx<'_>, req: &Request<Body>) {
         let split = session::split_request_cookies(
             req.headers(),
             &self.sessions.cfg.cookie_name,
@@ -451,7 +460,7 @@ impl AppState {
         &self,
         ctx: &mut Ctx<'_>,
         parts: &mut http::request::Parts,
-        body: Incoming,
+        body: Body,
     ) -> Result<(Body, bool), ProxyError> {
         let kind = forms::body_kind(&parts.headers);
         if !ctx.canon.has_body || kind == BodyKind::Opaque {
@@ -870,7 +879,7 @@ impl AppState {
 }
 
 /// Phase (before routing): the canonical reading of the request.
-fn read_request(req: &mut Request<Incoming>) -> Result<Canonical, ProxyError> {
+fn read_request(req: &mut Request<Body>) -> Result<Canonical, ProxyError> {
     // Django and Werkzeug upper-case the method (`post` is POST to them), PHP does not:
     // the app gets the standard spelling, as the rules read it.
     if let Some(m) = canon::standard_method(req.method()) {
@@ -907,7 +916,7 @@ fn read_request(req: &mut Request<Incoming>) -> Result<Canonical, ProxyError> {
 /// Header values an HTTP/1 back end would read differently from how they arrived: an
 /// HTTP/2 value with surrounding whitespace (malformed in HTTP/2; trimmed by HTTP/1
 /// parsers), and a `Content-Length` with leading zeros (octal to some back ends).
-fn check_header_values(req: &Request<Incoming>) -> Result<(), ProxyError> {
+fn check_header_values(req: &Request<Body>) -> Result<(), ProxyError> {
     if req.version() == http::Version::HTTP_2 {
         let padded = req.headers().values().any(|v| {
             let b = v.as_bytes();

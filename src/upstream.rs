@@ -170,10 +170,10 @@ impl std::error::Error for ClientBodyError {
 
 /// The client's body, capped at the route's limit, with its errors marked as the
 /// client's.
-pub fn client_body(route: &Route, body: Incoming) -> Body {
+pub fn client_body(route: &Route, body: Body) -> Body {
     let limit = usize::try_from(route.max_request_body).unwrap_or(usize::MAX);
     Limited::new(
-        body.map_err(|e| BoxError::from(ClientBodyError(e.into()))),
+        body.map_err(|e| BoxError::from(ClientBodyError(e))),
         limit,
     )
     .boxed()

@@ -527,3 +527,87 @@ async fn serve_cached_still_enforces_expiry() {
     );
     store.fail(Failing::Nothing);
 }
+
+/// The request pipeline driven without a client socket: `AppState::handle` takes any
+/// body, so a planted app cookie and a login go through every phase from memory.
+#[tokio::test]
+async fn the_pipeline_runs_without_a_client_socket() {
+    use http_body_util::{BodyExt, Full};
+    let app = LegacyApp::start().await;
+    let text = format!(
+        "[server]\nplain_listen = \"127.0.0.1:0\"\n{}",
+        app.route_config("")
+    );
+    let config = sessiongate::Config::from_toml(&text, std::path::Path::new(".")).unwrap();
+    let state = Arc::new(
+        sessiongate::service::AppState::new(
+            Arc::new(config),
+            Arc::new(sessiongate::store::MemoryStore::new()),
+            Arc::new(sessiongate::telemetry::Metrics::new()),
+        )
+        .unwrap(),
+    );
+    let conn = sessiongate::listener::ConnInfo {
+        peer: "127.0.0.1:50000".parse().unwrap(),
+        tls: true,
+    };
+    let send = |req: Request<Full<bytes::Bytes>>| {
+        let state = state.clone();
+        async move {
+            let resp = state.handle(conn, req).await.unwrap();
+            let status = resp.status().as_u16();
+            let cookies: Vec<String> = resp
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, cookies, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (status, cookies, _) = send(
+        Request::get("/whoami")
+            .header("host", "example.com")
+            .header("cookie", "SID=planted-in-memory")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        !app.saw("planted-in-memory"),
+        "the planted cookie reached the app"
+    );
+    let sg = cookies
+        .iter()
+        .find_map(|c| c.strip_prefix(&format!("{SG}=")))
+        .and_then(|c| c.split(';').next())
+        .expect("a session was started")
+        .to_owned();
+    let (status, cookies, _) = send(
+        Request::post("/login")
+            .header("host", "example.com")
+            .header("cookie", format!("{SG}={sg}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::from("username=alice&password=pw-alice"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with(&format!("{SG}=")) && !c.contains(&sg)),
+        "no new ID at login: {cookies:?}"
+    );
+    let (_, _, who) = send(
+        Request::get("/whoami")
+            .header("host", "example.com")
+            .header("cookie", format!("{SG}={sg}"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(who, "anonymous", "the pre-login ID still works");
+}

@@ -29,20 +29,17 @@
 //! login through the proxy p50 1032 ms, of which 1000 ms is the settle wait; revocation
 //! on the other replica p50 480 ms, max 968 ms over 20 trials (cache_ttl 1s).
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{Method, Request, Response};
+use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use sessiongate::config::StoreConfig;
@@ -55,7 +52,7 @@ use sessiongate::store::{
 };
 use sessiongate::vault::{VaultChange, VaultCookie};
 use sessiongate::{Config, Server};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 #[path = "../tests/support/mod.rs"]
@@ -336,111 +333,6 @@ impl SessionStore for Counting {
     async fn sweep(&self, now: u64) -> Result<usize, StoreError> {
         self.count(SWEEP, self.inner.sweep(now)).await
     }
-}
-
-// ---------------------------------------------------------------- the legacy app
-
-/// A minimal legacy app: a server-side session per `SID` cookie (set on the first
-/// visit), `POST /login` (`password` = `pw-<username>`) -> 303 to `/home`,
-/// `GET /whoami` -> the user or `anonymous`, `POST /logout` -> `bye` (and the app's
-/// session destroyed). Every response says which `SID` the request carried
-/// (`x-app-sid`, `-` for none): that is how the bench sees whether a replica still
-/// serves a session's vault.
-type AppSessions = Arc<Mutex<HashMap<String, Option<String>>>>;
-
-async fn start_app() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("app listener");
-    let addr = listener.local_addr().expect("app address");
-    let sessions: AppSessions = Arc::default();
-    let counter = Arc::new(AtomicU64::new(1));
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let (sessions, counter) = (sessions.clone(), counter.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    app(req, sessions.clone(), counter.clone())
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-async fn app(
-    req: Request<Incoming>,
-    sessions: AppSessions,
-    counter: Arc<AtomicU64>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let sid = req
-        .headers()
-        .get_all("cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|p| p.trim().strip_prefix("SID=").map(str::to_owned));
-    let presented = sid.clone().unwrap_or_else(|| "-".into());
-    let mut set_cookie = None;
-    let sid = sid.unwrap_or_else(|| {
-        let sid = format!("app{}", counter.fetch_add(1, Ordering::SeqCst));
-        set_cookie = Some(format!("SID={sid}; Path=/; HttpOnly"));
-        sid
-    });
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let mut sessions = sessions.lock().unwrap_or_else(PoisonError::into_inner);
-    sessions.entry(sid.clone()).or_insert(None);
-    let (status, location, text) = match (method.as_str(), path.as_str()) {
-        ("GET", "/whoami") => (
-            200,
-            None,
-            sessions
-                .get(&sid)
-                .cloned()
-                .flatten()
-                .unwrap_or_else(|| "anonymous".into()),
-        ),
-        ("POST", "/login") => {
-            let form: HashMap<String, String> =
-                form_urlencoded::parse(&body).into_owned().collect();
-            let user = form.get("username").cloned().unwrap_or_default();
-            if !user.is_empty() && form.get("password") == Some(&format!("pw-{user}")) {
-                sessions.insert(sid, Some(user));
-                (303, Some("/home"), String::new())
-            } else {
-                (200, None, "bad credentials".into())
-            }
-        }
-        ("POST", "/logout") => {
-            sessions.remove(&sid);
-            (200, None, "bye".into())
-        }
-        _ => (200, None, format!("page {path}")),
-    };
-    drop(sessions);
-    let mut b = Response::builder()
-        .status(status)
-        .header("x-app-sid", presented);
-    if let Some(l) = location {
-        b = b.header("location", l);
-    }
-    if let Some(c) = set_cookie {
-        b = b.header("set-cookie", c);
-    }
-    Ok(b.body(Full::new(Bytes::from(text)))
-        .expect("a valid response"))
 }
 
 // ---------------------------------------------------------------- replicas
@@ -1026,7 +918,11 @@ async fn measure(plan: &Plan) -> Results {
     let pki = support::Pki::new();
     let leaf = pki.leaf("proxy", &["localhost"]);
     let tls = pki.client_config(&[b"http/1.1"]);
-    let app = start_app().await;
+    // The test suite's legacy app; its `x-app-sid` header says which app session a
+    // request carried, which is how the bench sees whether a replica still serves a
+    // session's vault.
+    let legacy = support::legacy::LegacyApp::start().await;
+    let app = legacy.up.addr;
     // A and B: two replicas with the default cache_ttl, sharing one collection.
     let text = replica_config(&leaf, app, &collection, None);
     let a = start_replica(&text).await;

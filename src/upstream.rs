@@ -172,11 +172,7 @@ impl std::error::Error for ClientBodyError {
 /// client's.
 pub fn client_body(route: &Route, body: Body) -> Body {
     let limit = usize::try_from(route.max_request_body).unwrap_or(usize::MAX);
-    Limited::new(
-        body.map_err(|e| BoxError::from(ClientBodyError(e))),
-        limit,
-    )
-    .boxed()
+    Limited::new(body.map_err(|e| BoxError::from(ClientBodyError(e))), limit).boxed()
 }
 
 /// A request declares a body larger than the route accepts.

@@ -8,6 +8,7 @@
 //! - `POST /logout` -> 200 `bye`, session destroyed
 //! - `GET /set?i=N` -> sets cookie `vN`
 //! - `GET /echo` -> the Cookie header and the target it received
+//! - every response: `x-app-sid`, the app session the request carried (`-` for none)
 //! - `GET /events` -> an event stream, no length: `data: <user>` every 100 ms, the session
 //!   read again for every event (as long-poll and server-sent-event apps do)
 
@@ -127,6 +128,7 @@ async fn handle(
         .unwrap_or_default();
     let mut set_cookies = Vec::new();
     let presented = sid_from(&parts, &body);
+    let app_sid = presented.clone().unwrap_or_else(|| "-".into());
     let req = Request::from_parts(parts, ());
     let sid = match presented {
         Some(sid) => sid,
@@ -180,7 +182,11 @@ async fn handle(
         ("GET", "/echo") => (200, None, format!("{cookie_header}\n{target}")),
         _ => (200, None, format!("page {path}")),
     };
-    let mut b = Response::builder().status(status);
+    // Which app session the request carried (`-`: none), for clients that must see
+    // whether a vault was forwarded (the Firestore bench).
+    let mut b = Response::builder()
+        .status(status)
+        .header("x-app-sid", app_sid);
     if let Some(l) = location {
         b = b.header("location", l);
     }

@@ -113,13 +113,24 @@ impl Sessions {
         result
     }
 
-    fn expires_at(&self, start: u64, now: u64) -> u64 {
-        now.saturating_add(ms(self.cfg.idle_timeout))
+    /// How long a session may go unused: shorter until someone signs in to it.
+    fn idle(&self, authenticated: bool) -> Duration {
+        if authenticated {
+            self.cfg.idle_timeout
+        } else {
+            self.cfg.anonymous_idle_timeout
+        }
+    }
+
+    fn expires_at(&self, start: u64, now: u64, authenticated: bool) -> u64 {
+        now.saturating_add(ms(self.idle(authenticated)))
             .min(start.saturating_add(ms(self.cfg.absolute_timeout)))
     }
 
     fn is_expired(&self, r: &SessionRecord, now: u64) -> bool {
-        now >= r.last_seen_at.saturating_add(ms(self.cfg.idle_timeout))
+        now >= r
+            .last_seen_at
+            .saturating_add(ms(self.idle(r.authenticated)))
             || now
                 >= r.lifetime_start()
                     .saturating_add(ms(self.cfg.absolute_timeout))
@@ -400,7 +411,7 @@ impl Sessions {
         now: u64,
     ) -> Result<HeaderValue, ProxyError> {
         let (id, key) = self.mint();
-        let expires_at = self.expires_at(now, now);
+        let expires_at = self.expires_at(now, now, true);
         match cur {
             Some(cur) => {
                 self.rotate_away(cur, &key, changes, Some(subject.clone()), expires_at, now)
@@ -432,7 +443,8 @@ impl Sessions {
         now: u64,
     ) -> Result<HeaderValue, ProxyError> {
         let (id, key) = self.mint();
-        let expires_at = self.expires_at(cur.record.lifetime_start(), now);
+        let expires_at =
+            self.expires_at(cur.record.lifetime_start(), now, cur.record.authenticated);
         self.rotate_away(cur, &key, changes, None, expires_at, now)
             .await?;
         self.counters().undecided_rotated.inc();
@@ -524,7 +536,7 @@ impl Sessions {
             }
             let (id, key) = self.mint();
             let mut record =
-                SessionRecord::new_anonymous(now, self.expires_at(now, now), Vec::new());
+                SessionRecord::new_anonymous(now, self.expires_at(now, now, false), Vec::new());
             vault::apply(&mut record.vault, &changes);
             self.call(StoreOp::Create, self.store.create(&key, &record))
                 .await?;
@@ -533,7 +545,7 @@ impl Sessions {
             return Ok(Some(self.cookie_for(&id, now, now)));
         };
         let rec = &cur.record;
-        let expires_at = self.expires_at(rec.lifetime_start(), now);
+        let expires_at = self.expires_at(rec.lifetime_start(), now, rec.authenticated);
         let rotation_due = rec.authenticated
             && !cur.via_grace
             && now.saturating_sub(rec.rotated_at) >= ms(self.cfg.rotate_interval);
@@ -672,6 +684,7 @@ mod tests {
             cookie_name: "__Host-sg".into(),
             same_site: crate::cookies::SameSite::Lax,
             idle_timeout: Duration::from_secs(1800),
+            anonymous_idle_timeout: Duration::from_secs(600),
             absolute_timeout: Duration::from_secs(12 * 3600),
             rotate_interval: Duration::from_secs(900),
             rotate_grace: Duration::from_secs(5),
@@ -869,13 +882,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn idle_sessions_expire_and_the_cookie_is_dropped() {
+    async fn anonymous_sessions_expire_sooner_than_signed_in_ones() {
         let s = sessions();
         let (id, _) = anonymous(&s).await;
-        assert!(resolve(&s, &id, T0 + 1_799_999).await.current.is_some());
-        let r = resolve(&s, &id, T0 + 1_800_000).await;
+        assert!(resolve(&s, &id, T0 + 599_999).await.current.is_some());
+        let r = resolve(&s, &id, T0 + 600_000).await;
         assert!(r.current.is_none() && r.expire_cookie);
         assert_eq!(s.counters().expired.get(), 1);
+
+        // The store can drop it then too: its expiry was written with the shorter idle.
+        let (_, cur) = anonymous(&s).await;
+        assert_eq!(cur.record.expires_at, T0 + 600_000);
+        let cookie = s
+            .login(Some(&cur), Vec::new(), Some("carol".into()), ROUTE, T0 + 2)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let signed_in = presented(&cookie);
+        assert!(resolve(&s, &signed_in, T0 + 2 + 1_799_999)
+            .await
+            .current
+            .is_some());
+        let r = resolve(&s, &signed_in, T0 + 2 + 1_800_000).await;
+        assert!(r.current.is_none() && r.expire_cookie);
     }
 
     /// A store that never answers.

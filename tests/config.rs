@@ -294,3 +294,36 @@ fn rule_patterns_are_checked_where_they_are_written() {
     let err = error_of(&format!("{PLAIN}[[routes]]\nupstream = \"ftp://x\"\n"));
     assert_mentions(&err, &["line 4", "http:// or https://"]);
 }
+
+#[test]
+fn anonymous_idle_timeout_is_bounded_and_follows_a_short_idle_timeout() {
+    let err = error_of(&format!(
+        "{PLAIN}[session]\nidle_timeout = \"5m\"\nanonymous_idle_timeout = \"6m\"\n{ROUTE}"
+    ));
+    assert_mentions(
+        &err,
+        &[
+            "session.anonymous_idle_timeout",
+            "must not be longer than session.idle_timeout",
+        ],
+    );
+    let err = error_of(&format!(
+        "{PLAIN}[session]\nanonymous_idle_timeout = \"30s\"\n{ROUTE}"
+    ));
+    assert_mentions(&err, &["session.touch_interval", "anonymous_idle_timeout"]);
+    // Unset, it never exceeds a short idle_timeout.
+    let c = Config::from_toml(
+        &format!("{PLAIN}[session]\nidle_timeout = \"2m\"\ntouch_interval = \"10s\"\n{ROUTE}"),
+        Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(
+        c.session.anonymous_idle_timeout,
+        std::time::Duration::from_secs(120)
+    );
+    let c = Config::from_toml(&format!("{PLAIN}{ROUTE}"), Path::new(".")).unwrap();
+    assert_eq!(
+        c.session.anonymous_idle_timeout,
+        std::time::Duration::from_secs(600)
+    );
+}

@@ -55,6 +55,12 @@ pub struct RawSession {
     /// A session unused this long is dead.
     #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// An anonymous session (no login yet) unused this long is dead: crawlers and
+    /// floods that never keep cookies leave sessions behind, which should not live as
+    /// long as a signed-in user's.
+    /// Unset: ten minutes, or `idle_timeout` if that is shorter.
+    #[serde(default, with = "humantime_serde")]
+    pub anonymous_idle_timeout: Option<Duration>,
     /// A session is dead this long after it was created (or, once authenticated, after
     /// the login), however active.
     #[serde(default = "defaults::absolute_timeout", with = "humantime_serde")]
@@ -80,6 +86,7 @@ impl Default for RawSession {
             cookie_name: defaults::cookie_name(),
             same_site: SameSite::default(),
             idle_timeout: defaults::idle_timeout(),
+            anonymous_idle_timeout: None,
             absolute_timeout: defaults::absolute_timeout(),
             rotate_interval: defaults::rotate_interval(),
             rotate_grace: defaults::rotate_grace(),
@@ -605,7 +612,7 @@ fn parse_upstream_url(s: &str) -> Result<super::Upstream, String> {
     })
 }
 
-mod defaults {
+pub(crate) mod defaults {
     use super::*;
 
     pub fn yes() -> bool {
@@ -655,6 +662,9 @@ mod defaults {
     }
     pub fn idle_timeout() -> Duration {
         Duration::from_secs(30 * 60)
+    }
+    pub fn anonymous_idle_timeout() -> Duration {
+        Duration::from_secs(10 * 60)
     }
     pub fn absolute_timeout() -> Duration {
         Duration::from_secs(12 * 3600)

@@ -53,6 +53,8 @@ pub struct SessionConfig {
     pub cookie_name: String,
     pub same_site: SameSite,
     pub idle_timeout: Duration,
+    /// The idle timeout of sessions nobody has signed in to.
+    pub anonymous_idle_timeout: Duration,
     pub absolute_timeout: Duration,
     pub rotate_interval: Duration,
     pub rotate_grace: Duration,
@@ -262,10 +264,11 @@ impl Config {
         let ss = &self.session;
         let _ = writeln!(
             out,
-            "session: cookie {} (SameSite={}), idle {:?}, absolute {:?}, rotate every {:?} (grace {:?}), store {:?}",
+            "session: cookie {} (SameSite={}), idle {:?} (anonymous {:?}), absolute {:?}, rotate every {:?} (grace {:?}), store {:?}",
             ss.cookie_name,
             ss.same_site.as_str(),
             ss.idle_timeout,
+            ss.anonymous_idle_timeout,
             ss.absolute_timeout,
             ss.rotate_interval,
             ss.rotate_grace,
@@ -668,8 +671,12 @@ fn validate_store(raw: file::RawStore, base: &Path, p: &mut Problems) -> StoreCo
 }
 
 fn validate_session(s: &file::RawSession, p: &mut Problems) -> SessionConfig {
+    let anonymous_idle_timeout = s
+        .anonymous_idle_timeout
+        .unwrap_or_else(|| file::defaults::anonymous_idle_timeout().min(s.idle_timeout));
     for (key, d) in [
         ("session.idle_timeout", s.idle_timeout),
+        ("session.anonymous_idle_timeout", anonymous_idle_timeout),
         ("session.absolute_timeout", s.absolute_timeout),
         ("session.rotate_interval", s.rotate_interval),
         ("session.touch_interval", s.touch_interval),
@@ -686,17 +693,25 @@ fn validate_session(s: &file::RawSession, p: &mut Problems) -> SessionConfig {
             "must be shorter than session.rotate_interval (a few seconds is enough for in-flight requests)",
         );
     }
-    if s.touch_interval >= s.idle_timeout {
+    if s.touch_interval >= s.idle_timeout.min(anonymous_idle_timeout) {
         p.add(
             "session.touch_interval",
             None,
-            "must be shorter than session.idle_timeout, or active sessions would expire",
+            "must be shorter than session.idle_timeout and session.anonymous_idle_timeout, or active sessions would expire",
+        );
+    }
+    if anonymous_idle_timeout > s.idle_timeout {
+        p.add(
+            "session.anonymous_idle_timeout",
+            None,
+            "must not be longer than session.idle_timeout: anonymous sessions cost as much and are worth less",
         );
     }
     SessionConfig {
         cookie_name: s.cookie_name.get_ref().0.clone(),
         same_site: s.same_site,
         idle_timeout: s.idle_timeout,
+        anonymous_idle_timeout,
         absolute_timeout: s.absolute_timeout,
         rotate_interval: s.rotate_interval,
         rotate_grace: s.rotate_grace,

@@ -31,21 +31,7 @@ fn fields(source: &str, item: &str) -> Vec<String> {
 
 /// Key paths from the first column of the README's configuration table.
 fn documented() -> BTreeSet<String> {
-    let readme = read("README.md");
-    let section = readme.split("\n## Configuration").nth(1).unwrap();
-    let section = section.split("\n## ").next().unwrap();
-    let mut keys = BTreeSet::new();
-    for row in section.lines().filter(|l| l.starts_with("| `")) {
-        let cell = row.split('|').nth(1).unwrap();
-        let tokens: Vec<&str> = cell.split('`').skip(1).step_by(2).collect();
-        let first = tokens[0];
-        keys.insert(first.to_owned());
-        let parent = &first[..first.rfind('.').unwrap()];
-        for t in &tokens[1..] {
-            keys.insert(format!("{parent}{t}"));
-        }
-    }
-    keys
+    rows().into_iter().map(|r| r.key).collect()
 }
 
 #[test]

@@ -102,6 +102,16 @@ conformance!(memory, memory_backend);
 conformance!(file, file_backend);
 conformance!(firestore, firestore_backend, expiry_by_ttl);
 
+async fn firestore_in(collection: &str) -> sessiongate::store::firestore::FirestoreStore {
+    sessiongate::store::firestore::FirestoreStore::connect(
+        "sessiongate-test",
+        "(default)",
+        collection,
+    )
+    .await
+    .unwrap()
+}
+
 /// Firestore on the emulator `tests/run-all.sh` started, each check in a fresh
 /// collection, behind no cache (the cache has tests of its own).
 async fn firestore_backend() -> Backend {
@@ -110,13 +120,7 @@ async fn firestore_backend() -> Backend {
         "FIRESTORE_EMULATOR_HOST is not set: run the suite with `bash tests/run-all.sh`"
     );
     let collection = format!("conformance_{}_{}", std::process::id(), key().hex());
-    let store = sessiongate::store::firestore::FirestoreStore::connect(
-        "sessiongate-test",
-        "(default)",
-        &collection,
-    )
-    .await
-    .unwrap();
+    let store = firestore_in(&collection).await;
     Backend {
         store: Arc::new(store),
         _keep: Box::new(()),
@@ -1106,13 +1110,7 @@ async fn firestore_unreadable_document_is_corrupt() {
     assert!(std::env::var_os("FIRESTORE_EMULATOR_HOST").is_some());
     let k = key();
     let collection = format!("conformance_{}_{}", std::process::id(), key().hex());
-    let store = sessiongate::store::firestore::FirestoreStore::connect(
-        "sessiongate-test",
-        "(default)",
-        &collection,
-    )
-    .await
-    .unwrap();
+    let store = firestore_in(&collection).await;
     let db = ::firestore::FirestoreDb::new("sessiongate-test")
         .await
         .unwrap();

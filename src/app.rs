@@ -145,10 +145,19 @@ async fn open_store(
     metrics: &Metrics,
 ) -> Result<Arc<dyn SessionStore>, crate::store::StoreError> {
     use crate::config::StoreConfig;
+    use crate::store::bound::Bound;
     use crate::store::{cache::CachedStore, firestore::FirestoreStore, FileStore, MemoryStore};
     Ok(match config {
-        StoreConfig::Memory { .. } => Arc::new(MemoryStore::new()),
-        StoreConfig::File { path, .. } => Arc::new(FileStore::open(path)?),
+        StoreConfig::Memory { max_sessions, .. } => Arc::new(MemoryStore::bounded(Bound::new(
+            *max_sessions,
+            metrics.sessions_evicted.clone(),
+        ))),
+        StoreConfig::File {
+            path, max_sessions, ..
+        } => Arc::new(FileStore::open_bounded(
+            path,
+            Bound::new(*max_sessions, metrics.sessions_evicted.clone()),
+        )?),
         StoreConfig::Firestore {
             project_id,
             database_id,

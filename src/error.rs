@@ -36,6 +36,9 @@ pub enum ProxyError {
         op: crate::store::StoreOp,
         source: crate::store::StoreError,
     },
+    /// The client created new sessions faster than `session.new_sessions_per_minute`.
+    #[error("the client is creating new sessions too fast (session.new_sessions_per_minute)")]
+    TooManyNewSessions { retry_after: std::time::Duration },
     #[error("another sign-in is in progress for this session")]
     LoginInProgress,
     #[error("the session changed while the sign-in was in flight")]
@@ -76,8 +79,22 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Store { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TooManyNewSessions { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::LoginInProgress | ProxyError::SessionChanged => StatusCode::CONFLICT,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A request refused a new session (a limit, not a fault): `full` (the store's
+    /// bound) or `rate` (the client's creation limit).
+    pub fn refusal(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::Store {
+                source: crate::store::StoreError::Full,
+                ..
+            } => Some("full"),
+            ProxyError::TooManyNewSessions { .. } => Some("rate"),
+            _ => None,
         }
     }
 
@@ -93,7 +110,9 @@ impl ProxyError {
             | ProxyError::Upstream(_)
             | ProxyError::UpstreamTimeout(_) => Side::Upstream,
             ProxyError::Store { .. } => Side::Store,
-            ProxyError::LoginInProgress | ProxyError::SessionChanged => Side::Client,
+            ProxyError::TooManyNewSessions { .. }
+            | ProxyError::LoginInProgress
+            | ProxyError::SessionChanged => Side::Client,
             ProxyError::Internal(_) => Side::Internal,
         }
     }
@@ -122,6 +141,9 @@ impl ProxyError {
             ProxyError::Store { .. } => {
                 "Sessions are temporarily unavailable, so your request was not processed. Please try again in a moment."
             }
+            ProxyError::TooManyNewSessions { .. } => {
+                "Too many new sessions were started from your address. Please try again in a moment."
+            }
             ProxyError::LoginInProgress => {
                 "A sign-in for this session is still in progress. Please wait a moment and try again."
             }
@@ -132,14 +154,18 @@ impl ProxyError {
 
     pub fn into_response(&self) -> Response<Body> {
         let mut resp = error_page(self.status(), self.public_message());
-        let retry = match self {
-            ProxyError::Store { .. } => Some("5"),
-            ProxyError::LoginInProgress => Some("1"),
+        let retry: Option<u64> = match self {
+            ProxyError::Store { .. } => Some(5),
+            // Whole seconds, rounded up: the bucket has a session again by then.
+            ProxyError::TooManyNewSessions { retry_after } => {
+                Some(retry_after.as_secs().saturating_add(1))
+            }
+            ProxyError::LoginInProgress => Some(1),
             _ => None,
         };
         if let Some(secs) = retry {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

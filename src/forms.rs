@@ -326,7 +326,18 @@ struct Part {
     data: Bytes,
 }
 
+/// Whether a parameter value can be written quoted so that every parser reads it back
+/// the same. `;` and `=` are refused too: parsers that search the header for
+/// `filename=` or `name=` (multer among them) find one inside a quoted value such as
+/// `name="f; filename="` (found by fuzzing).
 fn encodable(s: &str) -> bool {
+    !s.chars()
+        .any(|c| matches!(c, '"' | '\\' | ';' | '=') || c.is_control())
+}
+
+/// A part's `Content-Type` is written as is (its own `;` parameters kept): only what
+/// would end or break the header line is refused.
+fn encodable_type(s: &str) -> bool {
     !s.chars().any(|c| c == '"' || c == '\\' || c.is_control())
 }
 
@@ -336,7 +347,10 @@ fn encode_part(out: &mut Vec<u8>, boundary: &str, part: &Part) -> Result<(), For
         part.file_name.as_deref(),
         part.content_type.as_deref(),
     );
-    if !encodable(name) || !file_name.is_none_or(encodable) || !content_type.is_none_or(encodable) {
+    if !encodable(name)
+        || !file_name.is_none_or(encodable)
+        || !content_type.is_none_or(encodable_type)
+    {
         return Err(FormError::Unencodable);
     }
     out.extend_from_slice(
@@ -440,6 +454,44 @@ mod tests {
         )
         .await;
         assert_eq!(err.unwrap_err(), FormError::ProtectedPart);
+    }
+
+    /// A quoted name holding `filename=` or `name=` reads differently in parsers that
+    /// search the header for those (multer did, on our own re-encoding).
+    #[tokio::test]
+    async fn part_names_other_parsers_read_differently_are_refused() {
+        let p = NameGuard::new(["PHPSESSID"]);
+        let c = NameGuard::default();
+        let kind = BodyKind::Multipart {
+            boundary: "b".into(),
+        };
+        for header in [
+            "name=\"f; filename=\"",
+            "name=\"x; name=PHPSESSID\"",
+            "name=\"f\"; filename=\"a=b; name=PHPSESSID\"",
+        ] {
+            let body =
+                format!("--b\r\nContent-Disposition: form-data; {header}\r\n\r\nv\r\n--b--\r\n");
+            let out = inspect(
+                &kind,
+                Bytes::from(body),
+                &what(&p, &c, MultipartPolicy::Remove),
+            )
+            .await;
+            assert_eq!(out.unwrap_err(), FormError::Unencodable, "{header}");
+        }
+        let typed = "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.txt\"\r\n\
+                     Content-Type: text/plain; charset=utf-8\r\n\r\nv\r\n--b--\r\n";
+        let out = inspect(
+            &kind,
+            Bytes::from(typed),
+            &what(&p, &c, MultipartPolicy::Remove),
+        )
+        .await;
+        assert!(
+            out.is_ok(),
+            "a Content-Type with parameters is kept: {out:?}"
+        );
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ pub mod cookies;
 pub mod error;
 pub mod forms;
 pub mod inflight;
+pub mod limit;
 pub mod listener;
 pub mod names;
 pub mod rotate;

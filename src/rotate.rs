@@ -15,6 +15,7 @@
 //!   reported (hash prefix only) and the request continues without a session.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{SessionConfig, StoreFailurePolicy};
 use crate::error::ProxyError;
+use crate::limit::CreationLimit;
 use crate::session::{proxy_set_cookie, IdSource, Presented, SessionId, SessionKey};
 use crate::store::{
     Claim, LoginClaim, Lookup, OldKey, RevokeReason, RotateOutcome, Rotation, SessionRecord,
@@ -57,6 +59,13 @@ pub struct Sessions {
     /// other process shares); a login waits this long after claiming.
     login_settle: Duration,
     pub metrics: Arc<Metrics>,
+    creation: CreationLimit,
+}
+
+/// Whether a response's vault changes start a session for a visitor without one: only a
+/// cookie worth keeping does.
+pub fn starts_session(changes: &[VaultChange]) -> bool {
+    changes.iter().any(|c| matches!(c, VaultChange::Set(_)))
 }
 
 fn ms(d: Duration) -> u64 {
@@ -73,6 +82,7 @@ impl Sessions {
         metrics: Arc<Metrics>,
     ) -> Sessions {
         Sessions {
+            creation: CreationLimit::new(cfg.creation_quota),
             cfg,
             store,
             ids,
@@ -80,6 +90,14 @@ impl Sessions {
             login_settle,
             metrics,
         }
+    }
+
+    /// The per-client creation limit, checked before a response that would start a
+    /// session for `client` is committed.
+    pub fn admit_new(&self, client: IpAddr) -> Result<(), ProxyError> {
+        self.creation
+            .admit(client)
+            .map_err(|wait| ProxyError::TooManyNewSessions { retry_after: wait })
     }
 
     pub fn counters(&self) -> &SessionCounters {
@@ -530,8 +548,7 @@ impl Sessions {
             self.counters().vault_captured.inc_by(changes.len() as u64);
         }
         let Some(cur) = cur else {
-            // Only a cookie worth keeping starts a session.
-            if !changes.iter().any(|c| matches!(c, VaultChange::Set(_))) {
+            if !starts_session(&changes) {
                 return Ok(None);
             }
             let (id, key) = self.mint();
@@ -655,6 +672,7 @@ impl Sessions {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
+            self.creation.forget_idle();
             match self
                 .call(StoreOp::Sweep, self.store.sweep(crate::store::now_ms()))
                 .await
@@ -681,6 +699,7 @@ mod tests {
 
     fn cfg() -> SessionConfig {
         SessionConfig {
+            creation_quota: None,
             cookie_name: "__Host-sg".into(),
             same_site: crate::cookies::SameSite::Lax,
             idle_timeout: Duration::from_secs(1800),

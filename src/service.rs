@@ -37,6 +37,7 @@
 //! logged in one place, [`AppState::handle`].
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,9 +55,10 @@ use crate::cookies;
 use crate::error::ProxyError;
 use crate::forms::{self, BodyKind, Inspect};
 use crate::inflight::{Closing, InFlight, Ticket};
+use crate::limit;
 use crate::listener::{ConnInfo, Handler};
 use crate::names::NameGuard;
-use crate::rotate::{Current, Resolved, Sessions};
+use crate::rotate::{self, Current, Resolved, Sessions};
 use crate::router::Router;
 use crate::rules::{Outcome, ResponseView, Rule, SubjectSource};
 use crate::session::{self, ChaChaIds, Presented};
@@ -117,6 +119,8 @@ struct Ctx<'a> {
     route: &'a Route,
     rs: &'a RouteSession,
     conn: ConnInfo,
+    /// The address the client is counted under (per-client creation limit).
+    client: IpAddr,
     now: u64,
     canon: Canonical,
     presented: Presented,
@@ -206,7 +210,19 @@ impl AppState {
                     .get_or_create(&crate::telemetry::ReasonLabel { reason })
                     .inc();
             }
-            warn!(route = %route_name, %method, path = %raw_path, side = ?e.side(), error = %e, "request failed");
+            match e.refusal() {
+                // Refusals come per request under a flood: counted, and logged at most
+                // once a second.
+                Some(reason) => {
+                    self.metrics.count_refused(&route_name, reason);
+                    if let Some(suppressed) = self.metrics.refusal_log.allow(now_ms()) {
+                        warn!(route = %route_name, reason, suppressed, error = %e, "new sessions refused");
+                    }
+                }
+                None => {
+                    warn!(route = %route_name, %method, path = %raw_path, side = ?e.side(), error = %e, "request failed")
+                }
+            }
             e.into_response()
         });
         self.metrics
@@ -239,10 +255,12 @@ impl AppState {
         match &route.session {
             None => self.proxy_plain(route, conn, canon, req).await,
             Some(rs) => {
+                let client = limit::client_address(route.forwarded, conn.peer.ip(), req.headers());
                 let ctx = Ctx {
                     route,
                     rs,
                     conn,
+                    client,
                     now: now_ms(),
                     canon,
                     presented: Presented::Absent,
@@ -814,6 +832,11 @@ impl AppState {
         let sessions = &self.sessions;
         let (current, route) = (ctx.current(), ctx.route.name.as_str());
         let c = sessions.counters();
+        let creates = current.is_none()
+            && (rotate::starts_session(&changes) || (ctx.attempt && outcome == Outcome::Success));
+        if creates {
+            sessions.admit_new(ctx.client)?;
+        }
         let set_cookie = if ctx.attempt {
             let undecided = ctx.login.map_or(Undecided::Rotate, |r| r.undecided);
             match outcome {

@@ -5,6 +5,8 @@
 //! value or a query string: labels are route names, status classes, operations and
 //! outcomes only.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -130,6 +132,37 @@ impl SessionCounters {
     }
 }
 
+/// At most one log line per second for an event that can happen on every request.
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    second: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogThrottle {
+    /// `Some(lines suppressed since the last one)` when a line may be written now.
+    pub fn allow(&self, now_ms: u64) -> Option<u64> {
+        let second = now_ms / 1000;
+        let last = self.second.load(Ordering::Relaxed);
+        if last != second
+            && self
+                .second
+                .compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteReason {
+    pub route: String,
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
@@ -149,6 +182,12 @@ pub struct Metrics {
     pub store_errors: Family<OpLabel, Counter>,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
+    /// Anonymous sessions evicted because the store reached `store.max_sessions`.
+    pub sessions_evicted: Counter,
+    /// Requests refused a session, by reason (`full`: the bound; `rate`: the client's
+    /// creation limit) and route.
+    pub sessions_refused: Family<RouteReason, Counter>,
+    pub refusal_log: LogThrottle,
     pub reloads: Family<OutcomeLabel, Counter>,
     pub sessions: SessionCounters,
 }
@@ -218,6 +257,19 @@ impl Metrics {
             ),
             cache_hits: reg(&mut r, "cache_hits", "Session lookups answered by this replica's cache", Counter::default()),
             cache_misses: reg(&mut r, "cache_misses", "Session lookups that went to the store", Counter::default()),
+            sessions_evicted: reg(
+                &mut r,
+                "sessions_evicted",
+                "Anonymous sessions evicted because the store reached store.max_sessions",
+                Counter::default(),
+            ),
+            sessions_refused: reg(
+                &mut r,
+                "sessions_refused",
+                "Requests that would have created a session, refused (full: store.max_sessions; rate: the per-client creation limit), by route",
+                Family::default(),
+            ),
+            refusal_log: LogThrottle::default(),
             reloads: reg(&mut r, "config_reloads", "Config reloads, by outcome (success, failure)", Family::default()),
             sessions: SessionCounters::register(&mut r),
             registry: r,
@@ -239,6 +291,15 @@ impl Metrics {
                 .get_or_create(&KindLabel { kind })
                 .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
         }
+    }
+
+    pub fn count_refused(&self, route: &str, reason: &'static str) {
+        self.sessions_refused
+            .get_or_create(&RouteReason {
+                route: route.to_owned(),
+                reason,
+            })
+            .inc();
     }
 
     pub fn count_request(&self, route: &str, status: u16) {

@@ -213,7 +213,7 @@ fn base(key: &str, files: &Files) -> toml::Table {
             }
         } else if store_key == "path" {
             text.push_str("[store]\nkind = \"file\"\n");
-        } else if store_key == "sweep_interval" {
+        } else if ["sweep_interval", "max_sessions"].contains(&store_key) {
             text.push_str("[store]\nkind = \"memory\"\n");
         }
     }

@@ -78,6 +78,12 @@ pub struct RawSession {
     /// Deadline for every session store call.
     #[serde(default = "defaults::store_timeout", with = "humantime_serde")]
     pub store_timeout: Duration,
+    /// New sessions one client address may create per minute (0: no limit)...
+    #[serde(default = "defaults::new_sessions_per_minute")]
+    pub new_sessions_per_minute: Spanned<u32>,
+    /// ...in bursts of at most this many.
+    #[serde(default = "defaults::new_session_burst")]
+    pub new_session_burst: Spanned<u32>,
 }
 
 impl Default for RawSession {
@@ -92,6 +98,8 @@ impl Default for RawSession {
             rotate_grace: defaults::rotate_grace(),
             touch_interval: defaults::touch_interval(),
             store_timeout: defaults::store_timeout(),
+            new_sessions_per_minute: defaults::new_sessions_per_minute(),
+            new_session_burst: defaults::new_session_burst(),
         }
     }
 }
@@ -103,6 +111,9 @@ pub enum RawStore {
     Memory {
         #[serde(default = "defaults::sweep_interval", with = "humantime_serde")]
         sweep_interval: Duration,
+        /// Sessions this replica holds at most; anonymous ones are evicted first.
+        #[serde(default = "defaults::max_sessions")]
+        max_sessions: usize,
     },
     /// Embedded file store (one machine; sessions survive a restart).
     // Internally tagged enums buffer their content, which loses toml's spans: these
@@ -111,6 +122,9 @@ pub enum RawStore {
         path: PathBuf,
         #[serde(default = "defaults::sweep_interval", with = "humantime_serde")]
         sweep_interval: Duration,
+        /// Sessions this replica holds at most; anonymous ones are evicted first.
+        #[serde(default = "defaults::max_sessions")]
+        max_sessions: usize,
     },
     /// Google Cloud Firestore, shared by every replica.
     Firestore {
@@ -136,6 +150,7 @@ impl Default for RawStore {
     fn default() -> Self {
         RawStore::Memory {
             sweep_interval: defaults::sweep_interval(),
+            max_sessions: defaults::max_sessions(),
         }
     }
 }
@@ -696,6 +711,16 @@ pub(crate) mod defaults {
     pub fn cache_max_entries() -> usize {
         100_000
     }
+    pub fn new_sessions_per_minute() -> Spanned<u32> {
+        Spanned::new(0..0, 600)
+    }
+    pub fn new_session_burst() -> Spanned<u32> {
+        Spanned::new(0..0, 100)
+    }
+    pub fn max_sessions() -> usize {
+        crate::store::bound::DEFAULT_MAX_SESSIONS
+    }
+
     pub fn sweep_interval() -> Duration {
         Duration::from_secs(30)
     }

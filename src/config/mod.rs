@@ -10,6 +10,7 @@ pub mod file;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,9 +48,18 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// New sessions per client address: so many per minute, in bursts of at most so many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreationQuota {
+    pub per_minute: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
 /// sessiongate's own cookie and the session lifetimes.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
+    /// New sessions per client address; `None`: no limit.
+    pub creation_quota: Option<CreationQuota>,
     pub cookie_name: String,
     pub same_site: SameSite,
     pub idle_timeout: Duration,
@@ -66,10 +76,12 @@ pub struct SessionConfig {
 pub enum StoreConfig {
     Memory {
         sweep_interval: Duration,
+        max_sessions: usize,
     },
     File {
         path: PathBuf,
         sweep_interval: Duration,
+        max_sessions: usize,
     },
     Firestore {
         project_id: String,
@@ -85,9 +97,8 @@ impl StoreConfig {
     /// How often expired sessions are swept (Firestore's TTL policy does it there).
     pub fn sweep_interval(&self) -> Duration {
         match self {
-            StoreConfig::Memory { sweep_interval } | StoreConfig::File { sweep_interval, .. } => {
-                *sweep_interval
-            }
+            StoreConfig::Memory { sweep_interval, .. }
+            | StoreConfig::File { sweep_interval, .. } => *sweep_interval,
             StoreConfig::Firestore { .. } => Duration::from_secs(300),
         }
     }
@@ -603,12 +614,32 @@ fn validate_upstream(raw: &RawConfig, base: &Path, p: &mut Problems) -> Upstream
     }
 }
 
+fn check_max_sessions(n: usize, p: &mut Problems) -> usize {
+    if n < 100 {
+        p.add(
+            "store.max_sessions",
+            None,
+            format!(
+                "{n} is too small to hold a replica's visitors: use at least 100 (default 200000)"
+            ),
+        );
+    }
+    n
+}
+
 fn validate_store(raw: file::RawStore, base: &Path, p: &mut Problems) -> StoreConfig {
     match raw {
-        file::RawStore::Memory { sweep_interval } => StoreConfig::Memory { sweep_interval },
+        file::RawStore::Memory {
+            sweep_interval,
+            max_sessions,
+        } => StoreConfig::Memory {
+            sweep_interval,
+            max_sessions: check_max_sessions(max_sessions, p),
+        },
         file::RawStore::File {
             path,
             sweep_interval,
+            max_sessions,
         } => {
             let resolved = resolve(base, &path);
             if let Some(dir) = resolved.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -626,6 +657,7 @@ fn validate_store(raw: file::RawStore, base: &Path, p: &mut Problems) -> StoreCo
             StoreConfig::File {
                 path: resolved,
                 sweep_interval,
+                max_sessions: check_max_sessions(max_sessions, p),
             }
         }
         file::RawStore::Firestore {
@@ -670,6 +702,22 @@ fn validate_store(raw: file::RawStore, base: &Path, p: &mut Problems) -> StoreCo
     }
 }
 
+/// `None`: no limit (`new_sessions_per_minute = 0`).
+fn creation_quota(s: &file::RawSession, p: &mut Problems) -> Option<CreationQuota> {
+    let per_minute = NonZeroU32::new(*s.new_sessions_per_minute.get_ref())?;
+    match NonZeroU32::new(*s.new_session_burst.get_ref()) {
+        Some(burst) => Some(CreationQuota { per_minute, burst }),
+        None => {
+            p.add(
+                "session.new_session_burst",
+                Some(s.new_session_burst.span()),
+                "must be at least 1 (set session.new_sessions_per_minute = 0 to turn the limit off)",
+            );
+            None
+        }
+    }
+}
+
 fn validate_session(s: &file::RawSession, p: &mut Problems) -> SessionConfig {
     let anonymous_idle_timeout = s
         .anonymous_idle_timeout
@@ -707,7 +755,9 @@ fn validate_session(s: &file::RawSession, p: &mut Problems) -> SessionConfig {
             "must not be longer than session.idle_timeout: anonymous sessions cost as much and are worth less",
         );
     }
+    let creation_quota = creation_quota(s, p);
     SessionConfig {
+        creation_quota,
         cookie_name: s.cookie_name.get_ref().0.clone(),
         same_site: s.same_site,
         idle_timeout: s.idle_timeout,

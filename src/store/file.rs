@@ -42,6 +42,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use super::bound::Bound;
 use super::transition::{self, Step};
 use super::{
     Claim, Entry, LoginClaim, Lookup, RevokeReason, RotateOutcome, Rotation, SessionRecord,
@@ -56,6 +57,7 @@ const SESSIONS: TableDefinition<&[u8; 32], &str> = TableDefinition::new("session
 pub struct FileStore {
     db: Arc<Database>,
     path: PathBuf,
+    bound: Arc<Bound>,
 }
 
 impl fmt::Debug for FileStore {
@@ -70,6 +72,11 @@ impl FileStore {
     /// Opens the database at `path`, creating it if it does not exist. Blocking (it may
     /// verify the whole file): call it at start-up, not on a request path.
     pub fn open(path: &Path) -> Result<FileStore, StoreError> {
+        FileStore::open_bounded(path, Bound::unbounded())
+    }
+
+    /// Opens the database with a bound on its sessions (`store.max_sessions`).
+    pub fn open_bounded(path: &Path, bound: Bound) -> Result<FileStore, StoreError> {
         let failed = |e: &dyn fmt::Display| {
             StoreError::Backend(format!("session file {}: {e}", path.display()))
         };
@@ -90,6 +97,7 @@ impl FileStore {
         Ok(FileStore {
             db: Arc::new(db),
             path: path.to_owned(),
+            bound: Arc::new(bound),
         })
     }
 
@@ -192,6 +200,41 @@ impl Sessions<'_> {
         Ok(step.answer)
     }
 
+    fn len(&self) -> Result<usize, StoreError> {
+        let n = self.table.len().map_err(backend)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    /// Evicts anonymous sessions while the table is full, inside the creating
+    /// transaction (redb's single writer is the one-scan-at-a-time guard); `Full` when
+    /// none is left. Unreadable entries are left to the sweep.
+    fn make_room(&mut self, bound: &Bound) -> Result<(), StoreError> {
+        if !bound.is_full(self.len()?) {
+            return Ok(());
+        }
+        let mut rows = Vec::new();
+        for row in self.table.iter().map_err(backend)? {
+            let (key, text) = row.map_err(backend)?;
+            if let Ok(entry) = decode_value(text.value()) {
+                rows.push((SessionKey(*key.value()), entry));
+            }
+        }
+        let victims = bound.victims(|visit| {
+            for (k, e) in &rows {
+                visit(*k, e);
+            }
+        });
+        for k in &victims {
+            self.table.remove(&k.0).map_err(backend)?;
+            self.dirty = true;
+        }
+        bound.evicted(victims.len());
+        match bound.is_full(self.len()?) {
+            true => Err(StoreError::Full),
+            false => Ok(()),
+        }
+    }
+
     fn put(&mut self, key: &SessionKey, entry: &Entry) -> Result<(), StoreError> {
         let text = encode(key, entry)?;
         self.table.insert(&key.0, text.as_str()).map_err(backend)?;
@@ -217,8 +260,9 @@ impl SessionStore for FileStore {
     }
 
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
-        let (key, record) = (*key, record.clone());
+        let (key, record, bound) = (*key, record.clone(), Arc::clone(&self.bound));
         self.write(move |s| {
+            s.make_room(&bound)?;
             let entry = transition::create(s.exists(&key)?, &record)?;
             s.put(&key, &entry)
         })
@@ -270,8 +314,13 @@ impl SessionStore for FileStore {
         new: &SessionKey,
         rotation: &Rotation,
     ) -> Result<RotateOutcome, StoreError> {
-        let (old, new, rotation) = (*old, *new, rotation.clone());
+        let (old, new, rotation, bound) = (*old, *new, rotation.clone(), Arc::clone(&self.bound));
         self.write(move |s| {
+            // Room is made as for a creation, but a login is never refused for lack of it.
+            match s.make_room(&bound) {
+                Ok(()) | Err(StoreError::Full) => {}
+                Err(e) => return Err(e),
+            }
             // No version check is needed: nothing can write between this read and the
             // commit.
             let current = s.get(&old)?;

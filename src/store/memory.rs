@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 
+use super::bound::{self, Bound};
 use super::transition::{self, Step};
 use super::{
     Claim, Entry, LoginClaim, Lookup, RevokeReason, RotateOutcome, Rotation, SessionRecord,
@@ -21,14 +22,59 @@ use super::{
 use crate::session::SessionKey;
 use crate::vault::VaultChange;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     map: DashMap<SessionKey, Entry>,
+    bound: Bound,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new()
+    }
 }
 
 impl MemoryStore {
+    /// A store without a bound (tests and tools).
     pub fn new() -> MemoryStore {
-        MemoryStore::default()
+        MemoryStore::bounded(Bound::unbounded())
+    }
+
+    pub fn bounded(bound: Bound) -> MemoryStore {
+        MemoryStore {
+            map: DashMap::new(),
+            bound,
+        }
+    }
+
+    /// Evicts anonymous sessions while the store is full; `Full` when none is left.
+    fn make_room(&self) -> Result<(), StoreError> {
+        if !self.bound.is_full(self.map.len()) {
+            return Ok(());
+        }
+        let _one_scan = self.bound.scanning();
+        if !self.bound.is_full(self.map.len()) {
+            return Ok(()); // the scan this one waited for made room
+        }
+        let victims = self.bound.victims(|visit| {
+            for e in self.map.iter() {
+                visit(*e.key(), e.value());
+            }
+        });
+        // Re-checked under the entry lock: a victim may have been signed in to since.
+        let evicted = victims
+            .iter()
+            .filter(|k| {
+                self.map
+                    .remove_if(k, |_, e| bound::evictable(e).is_some())
+                    .is_some()
+            })
+            .count();
+        self.bound.evicted(evicted);
+        match self.bound.is_full(self.map.len()) {
+            true => Err(StoreError::Full),
+            false => Ok(()),
+        }
     }
 
     /// Number of entries (live sessions and tombstones).
@@ -69,6 +115,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
+        self.make_room()?;
         match self.map.entry(*key) {
             MapEntry::Occupied(_) => Err(StoreError::Conflict),
             MapEntry::Vacant(v) => {
@@ -115,6 +162,9 @@ impl SessionStore for MemoryStore {
         new: &SessionKey,
         rotation: &Rotation,
     ) -> Result<RotateOutcome, StoreError> {
+        // A rotation adds a key (the old one becomes a short-lived tombstone): it makes
+        // room like a creation, but a login is never refused for lack of it.
+        let _full_is_no_reason_to_refuse: Result<(), StoreError> = self.make_room();
         for _ in 0..ROTATE_ATTEMPTS {
             let base = self.map.get(old).map(|e| e.value().clone());
             let Some(rotated) = transition::rotate(base.as_ref(), false, new, rotation)? else {

@@ -9,6 +9,7 @@
 //! at once. Policy (lifetimes, what counts as expired) stays with the caller, which
 //! passes the resulting timestamps in.
 
+pub mod bound;
 pub mod cache;
 pub mod file;
 pub mod firestore;
@@ -212,6 +213,12 @@ pub enum StoreError {
     /// The backend failed (I/O, network, permissions, ...).
     #[error("session store unavailable: {0}")]
     Backend(String),
+    /// The replica's session bound (`store.max_sessions`) is reached and every session
+    /// is signed in or busy: nothing can be evicted for a new one.
+    #[error(
+        "the session store is full (store.max_sessions) and no anonymous session can be evicted"
+    )]
+    Full,
     /// `create` (or a rotation's new key) met an existing key.
     #[error("a session with this key already exists")]
     Conflict,
@@ -225,6 +232,7 @@ impl StoreError {
             StoreError::Contended => "contended",
             StoreError::Corrupt(_) => "corrupt",
             StoreError::Backend(_) => "backend",
+            StoreError::Full => "full",
             StoreError::Conflict => "conflict",
         }
     }

@@ -20,8 +20,11 @@ use sessiongate::names::{self, NameGuard};
 use sessiongate::rules::{self, ResponseView, Rule};
 use sessiongate::{canon, session, vault, Config};
 
+/// A target's body: panics when its property does not hold for the input.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its corpus folder and its `fuzz_targets/` file.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("cookie_split", cookie_split),
     ("set_cookie", set_cookie),
     ("vault_capture", vault_capture),
@@ -35,7 +38,13 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 
 const PROXY_COOKIE: &str = "__Host-sg";
 /// The shipped `config.toml`'s vault.
-const VAULT: &[&str] = &["PHPSESSID", "JSESSIONID", "connect.sid", "session", "sessionid"];
+const VAULT: &[&str] = &[
+    "PHPSESSID",
+    "JSESSIONID",
+    "connect.sid",
+    "session",
+    "sessionid",
+];
 const CREDENTIALS: &[&str] = &["password", "passwd", "pwd", "j_password"];
 const NOW_MS: u64 = 1_800_000_000_000;
 const REQUEST_PATH: &str = "/app/login";
@@ -99,7 +108,10 @@ pub fn cookie_split(data: &[u8]) {
     let value = HeaderValue::from_bytes(&joined).expect("the forwarded Cookie is a header value");
     again.insert(header::COOKIE, value);
     let second = session::split_request_cookies(&again, PROXY_COOKIE, vaulted());
-    assert_eq!(second.kept, split.kept, "the forwarded Cookie header reads differently");
+    assert_eq!(
+        second.kept, split.kept,
+        "the forwarded Cookie header reads differently"
+    );
     assert_eq!((second.malformed, second.protected), (0, 0));
 }
 
@@ -154,8 +166,15 @@ pub fn vault_capture(data: &[u8]) {
             continue; // dropped on the way out
         };
         let c = SetCookie::parse(out.as_bytes()).expect("a hardened line parses");
-        assert!(!vaulted().matches(c.name), "a vaulted cookie reaches the browser: {line:?}");
-        assert_ne!(c.name, PROXY_COOKIE.as_bytes(), "the app set sessiongate's cookie");
+        assert!(
+            !vaulted().matches(c.name),
+            "a vaulted cookie reaches the browser: {line:?}"
+        );
+        assert_ne!(
+            c.name,
+            PROXY_COOKIE.as_bytes(),
+            "the app set sessiongate's cookie"
+        );
     }
     let mut stored = Vec::new();
     vault::apply(&mut stored, &changes);
@@ -165,11 +184,15 @@ pub fn vault_capture(data: &[u8]) {
     }
     let pairs = vault::pairs_for(&stored, REQUEST_PATH, NOW_MS);
     let joined = session::join_pairs(pairs.iter().map(|p| p.as_bytes()));
-    assert!(HeaderValue::from_bytes(&joined).is_ok(), "the vault's Cookie header is invalid");
+    assert!(
+        HeaderValue::from_bytes(&joined).is_ok(),
+        "the vault's Cookie header is invalid"
+    );
 }
 
 fn fields(s: &[u8]) -> impl Iterator<Item = &[u8]> {
-    s.split(|&b| b == b'&' || b == b';').filter(|f| !f.is_empty())
+    s.split(|&b| b == b'&' || b == b';')
+        .filter(|f| !f.is_empty())
 }
 
 /// A query string or urlencoded form: no field the app reads as a vaulted name is
@@ -178,7 +201,10 @@ pub fn strip_fields(data: &[u8]) {
     let stripped = vault::strip_fields(data, vaulted());
     let forwarded = stripped.as_deref().unwrap_or(data);
     for f in fields(forwarded) {
-        assert!(!vaulted().matches(name_of(f)), "a vaulted field is forwarded: {f:?}");
+        assert!(
+            !vaulted().matches(name_of(f)),
+            "a vaulted field is forwarded: {f:?}"
+        );
     }
     let others: Vec<&[u8]> = fields(data)
         .filter(|f| !vaulted().matches(name_of(f)))
@@ -196,12 +222,18 @@ pub fn strip_location(data: &[u8]) {
     let path = halves.next().unwrap_or_default();
     for segment in path.split(|&b| b == b'/') {
         for param in segment.split(|&b| b == b';').skip(1) {
-            assert!(!vaulted().matches(name_of(param)), "a vaulted ;param: {url:?}");
+            assert!(
+                !vaulted().matches(name_of(param)),
+                "a vaulted ;param: {url:?}"
+            );
         }
     }
     if let Some(query) = halves.next() {
         for f in fields(query) {
-            assert!(!vaulted().matches(name_of(f)), "a vaulted query field: {url:?}");
+            assert!(
+                !vaulted().matches(name_of(f)),
+                "a vaulted query field: {url:?}"
+            );
         }
     }
 }
@@ -256,12 +288,17 @@ pub fn multipart(data: &[u8]) {
     let Ok(out) = block_on(forms::inspect(&kind, Bytes::copy_from_slice(body), &what)) else {
         return;
     };
-    let content_type = out.content_type.expect("a re-encoded body has its Content-Type");
+    let content_type = out
+        .content_type
+        .expect("a re-encoded body has its Content-Type");
     let ours = content_type
         .strip_prefix("multipart/form-data; boundary=")
         .expect("sessiongate's own boundary");
     for name in part_names(&out.body, ours) {
-        assert!(!vaulted().matches(&name), "a vaulted part is forwarded: {name:?}");
+        assert!(
+            !vaulted().matches(&name),
+            "a vaulted part is forwarded: {name:?}"
+        );
     }
     let kind = BodyKind::Multipart {
         boundary: ours.to_owned(),
@@ -291,7 +328,11 @@ pub fn canon(data: &[u8]) {
     let Ok(t) = canon::target(path, query) else {
         return;
     };
-    assert!(t.path.starts_with('/') && !t.path.contains("//"), "{:?}", t.path);
+    assert!(
+        t.path.starts_with('/') && !t.path.contains("//"),
+        "{:?}",
+        t.path
+    );
     let again = canon::target(&t.path, None).expect("the canonical path parses");
     assert_eq!(again.path, t.path, "canonicalisation is not idempotent");
     let forwarded = t.path_with_params(|_| true);
@@ -405,12 +446,18 @@ pub fn rules(data: &[u8]) {
         if !rule.matches_request(&method, path) {
             continue;
         }
-        assert!(rule.matches_request(&lower_method, path), "method case: {method}");
+        assert!(
+            rule.matches_request(&lower_method, path),
+            "method case: {method}"
+        );
         let upper = path.to_ascii_uppercase();
         assert!(rule.matches_request(&method, &upper), "path case: {upper}");
         if !path.ends_with('/') {
             let slash = format!("{path}/");
-            assert!(rule.matches_request(&method, &slash), "trailing slash: {slash}");
+            assert!(
+                rule.matches_request(&method, &slash),
+                "trailing slash: {slash}"
+            );
         }
     }
     let found = rules::find(login, &method, path);

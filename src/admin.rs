@@ -19,8 +19,11 @@ use crate::{full_body, Body};
 
 /// What the admin endpoints read from the running server (`app::ServerHandle`).
 pub trait AdminView: Clone + Send + Sync + 'static {
-    /// `Err(why)` when this replica should not get traffic.
-    fn ready(&self) -> impl std::future::Future<Output = Result<(), &'static str>> + Send;
+    /// `Err(why)` when this replica should not get traffic; `Ok(Some(why))` when it
+    /// serves degraded (the store is down, but some routes work without it).
+    fn ready(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Option<&'static str>, &'static str>> + Send;
     /// The Prometheus text exposition.
     fn metrics(&self) -> String;
 }
@@ -61,7 +64,8 @@ async fn respond<H: AdminView>(handle: &H, req: Request<Incoming>) -> Response<B
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => match handle.ready().await {
-            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Ok(None) => text(StatusCode::OK, "ready\n"),
+            Ok(Some(why)) => text(StatusCode::OK, &format!("ready (degraded: {why})\n")),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("not ready: {why}\n"),

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, StoreFailurePolicy};
 use crate::listener::{accept_loop, Live};
 use crate::service::AppState;
 use crate::store::SessionStore;
@@ -113,23 +113,39 @@ impl ServerHandle {
         Ok(())
     }
 
-    /// Ready: serving, not draining, and the store answers within its deadline.
-    pub async fn ready(&self) -> Result<(), &'static str> {
+    /// Ready: serving, not draining, and the store answers within its deadline. With
+    /// the store down, a replica that still has routes working without it (no session
+    /// protection, or `on_store_failure = "serve_cached"`) stays ready, degraded: a
+    /// shared store's outage would otherwise take every replica out of the Service at
+    /// once, and with it the routes that were configured to ride it out. A replica whose
+    /// every route needs the store is not ready.
+    pub async fn ready(&self) -> Result<Option<&'static str>, &'static str> {
         if self.draining.load(Ordering::Relaxed) {
             return Err("draining");
         }
-        let deadline = self.current().state.config.session.store_timeout;
+        let config = &self.current().state.config;
+        let deadline = config.session.store_timeout;
         // A key no session can have: the lookup costs one read and finds nothing.
         let probe = crate::session::SessionKey([0; 32]);
-        match tokio::time::timeout(deadline, self.store.probe(&probe)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err("session store unreachable"),
+        if let Ok(Ok(())) = tokio::time::timeout(deadline, self.store.probe(&probe)).await {
+            return Ok(None);
+        }
+        let rides_it_out = config.routes.iter().any(|r| {
+            r.session
+                .as_ref()
+                .is_none_or(|s| s.on_store_failure == StoreFailurePolicy::ServeCached)
+        });
+        match rides_it_out {
+            true => Ok(Some(
+                "session store unreachable; serving routes that work without it",
+            )),
+            false => Err("session store unreachable"),
         }
     }
 }
 
 impl crate::admin::AdminView for ServerHandle {
-    async fn ready(&self) -> Result<(), &'static str> {
+    async fn ready(&self) -> Result<Option<&'static str>, &'static str> {
         ServerHandle::ready(self).await
     }
 

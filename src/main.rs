@@ -9,6 +9,12 @@ use clap::{Parser, Subcommand};
 use sessiongate::{Config, Server};
 use tracing::{error, info};
 
+/// mimalloc rather than the system allocator: after a flood of sessions is swept, glibc
+/// kept the freed memory (RSS stayed at the flood's peak in the soak); mimalloc returns
+/// freed pages to the system (benches/soak, README "Soak").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     version,

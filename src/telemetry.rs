@@ -177,6 +177,8 @@ pub struct Metrics {
     pub removed: Family<KindLabel, Counter>,
     pub upstream_seconds: Latency,
     pub active_connections: Gauge,
+    /// Tasks alive on the runtime, read when metrics are rendered.
+    pub tokio_tasks: Gauge,
     pub tls_handshake_failures: Counter,
     pub store_seconds: OpLatency,
     pub store_errors: Family<OpLabel, Counter>,
@@ -237,6 +239,7 @@ impl Metrics {
                 Family::new_with_constructor(latency),
             ),
             active_connections: reg(&mut r, "active_connections", "Client connections open now", Gauge::default()),
+            tokio_tasks: reg(&mut r, "tokio_tasks", "Tasks alive on the async runtime (connections, relays, the sweeper)", Gauge::default()),
             tls_handshake_failures: reg(
                 &mut r,
                 "tls_handshake_failures",
@@ -278,6 +281,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        // Read at scrape time: a task that never ends (a leak) shows as a rising line.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let tasks = i64::try_from(rt.metrics().num_alive_tasks()).unwrap_or(i64::MAX);
+            self.tokio_tasks.set(tasks);
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -22,7 +22,7 @@ async fn emulator_outage_fails_closed_and_recovers() {
     let app = LegacyApp::start().await;
     let pki = Arc::new(Pki::new());
     let base = format!(
-        "{}\n{}\n{}",
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n{}",
         base_config(&pki),
         firestore_store("outage", "300ms"),
         app.route_config("store_timeout = \"2s\"")
@@ -69,6 +69,19 @@ async fn emulator_outage_fails_closed_and_recovers() {
     // The lenient route serves what it has cached, but a logout still fails closed.
     assert_eq!(whoami(&mut carol).await, "carol");
     assert_eq!(carol.post_form("/logout", &[]).await.status, 503);
+    // Readiness says whether this replica can serve: the strict one cannot, the lenient
+    // one can (degraded), so an outage does not empty the Service.
+    let (status, body) = admin_get(strict.admin.unwrap(), "/readyz").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "not ready: session store unreachable\n")
+    );
+    let (status, body) = admin_get(lenient.admin.unwrap(), "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("ready (degraded: session store unreachable"),
+        "{body}"
+    );
 
     emulator.resume();
     // Service resumes without a restart.
@@ -84,6 +97,12 @@ async fn emulator_outage_fails_closed_and_recovers() {
         resumed,
         "alice's session did not come back after the store did"
     );
+    for proxy in [&strict, &lenient] {
+        assert_eq!(
+            admin_get(proxy.admin.unwrap(), "/readyz").await,
+            (200, "ready\n".into())
+        );
+    }
     // Bob's refused login left his session usable or dead, never signed in.
     let r = bob.get("/whoami").await;
     assert!(r.status == 409 || r.text() == "anonymous", "{r:?}");

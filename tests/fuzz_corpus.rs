@@ -29,7 +29,10 @@ fn replay(name: &str, target: fn(&[u8])) -> usize {
 fn every_target_has_a_corpus_and_every_input_passes() {
     for (name, target) in targets::TARGETS {
         let n = replay(name, *target);
-        assert!(n >= 5, "{name}: only {n} corpus inputs; seed it (tests/fuzz/seed.py)");
+        assert!(
+            n >= 10,
+            "{name}: only {n} corpus inputs; seed it (tests/fuzz/seed.py)"
+        );
     }
 }
 

@@ -217,6 +217,12 @@ impl SessionStore for MemoryStore {
     async fn sweep(&self, now: u64) -> Result<usize, StoreError> {
         let before = self.map.len();
         self.map.retain(|_, e| transition::kept_at(e, now));
-        Ok(before.saturating_sub(self.map.len()))
+        let removed = before.saturating_sub(self.map.len());
+        // After a flood the table keeps its peak capacity: give back what a tenth of the
+        // sessions leaving frees.
+        if removed > before / 10 {
+            self.map.shrink_to_fit();
+        }
+        Ok(removed)
     }
 }

@@ -121,8 +121,8 @@ def main():
         t.start()
     start = time.time()
     rows = []
-    print("| t (s) | phase | RSS (MiB) | fds | tokio tasks | sessions created | rotations | evicted | 429 | 503 | 5xx |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| t (s) | phase | RSS (MiB) | fds | tokio tasks | sessions created | rotations | evicted | 429 | 503 | 5xx | client failures |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     while (t := time.time() - start) < DURATION:
         time.sleep(SAMPLE)
         t = int(time.time() - start)
@@ -132,7 +132,7 @@ def main():
         row = (t, phase, rss_kib() / 1024, fds, m)
         rows.append(row)
         print(f"| {t} | {phase} | {row[2]:.1f} | {fds} | {m['tasks']:.0f} | {m['created']:.0f} | "
-              f"{m['rotated']:.0f} | {m['evicted']:.0f} | {m['429']:.0f} | {m['503']:.0f} | {m['5xx']:.0f} |",
+              f"{m['rotated']:.0f} | {m['evicted']:.0f} | {m['429']:.0f} | {m['503']:.0f} | {m['5xx']:.0f} | {len(failures)} |",
               flush=True)
     stop.set()
 

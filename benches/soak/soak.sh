@@ -18,10 +18,17 @@ cargo build --release --quiet
 export DURATION=${DURATION:-600} FLOOD_START=${FLOOD_START:-240} FLOOD_END=${FLOOD_END:-360}
 work=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill -- "-${pids[0]}" "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 mkdir "$work/php-sessions"
-PHP_CLI_SERVER_WORKERS=4 php -S 127.0.0.1:18080 -d session.use_strict_mode=0 \
+for port in 18080 18443 19090; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is in use (a previous soak still running?): stop it first" >&2
+    exit 1
+  fi
+done
+# Its own process group: PHP's workers are children that outlive a killed parent.
+PHP_CLI_SERVER_WORKERS=4 setsid php -S 127.0.0.1:18080 -d session.use_strict_mode=0 \
   -d session.save_path="$work/php-sessions" -d session.gc_maxlifetime=120 \
   tests/apps/php/index.php >"$work/php.log" 2>&1 &
 pids+=($!)
@@ -65,7 +72,7 @@ RUST_LOG=warn target/release/sessiongate --config "$work/soak.toml" --log-format
   2>"$work/sessiongate.log" &
 sg=$!
 pids+=($sg)
-for _ in $(seq 50); do curl -sk -o /dev/null https://127.0.0.1:18443/ && break; sleep 0.2; done
+for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:19090/healthz && break; sleep 0.2; done
 
 cat >"$work/flood.lua" <<'LUA'
 request = function()

@@ -151,6 +151,9 @@ const COUNTERS_AND_GAUGES: &[&str] = &[
     "sessiongate_cache_hits_total",
     "sessiongate_cache_misses_total",
     "sessiongate_config_reloads_total",
+    "sessiongate_sessions_evicted_total",
+    "sessiongate_sessions_refused_total",
+    "sessiongate_tokio_tasks",
 ];
 const HISTOGRAMS: &[&str] = &[
     "sessiongate_upstream_duration_seconds",
@@ -197,6 +200,7 @@ fn the_metric_list_matches_what_the_code_exports() {
         .get_or_create(&sessiongate::telemetry::ReasonLabel { reason: "r" })
         .inc();
     m.count_removed("malformed_cookie", 1);
+    m.count_refused("r", "rate");
     let rendered = m.render();
     let mut exported = BTreeSet::new();
     for line in rendered.lines() {

@@ -41,6 +41,20 @@ fn app_sid(r: &Reply) -> String {
         .to_owned()
 }
 
+/// A refusal (503, 429) carries neither the app's cookie nor its answer.
+fn assert_nothing_of_the_app_leaked(r: &Reply) {
+    assert!(
+        r.set_cookies().is_empty(),
+        "a cookie leaked: {:?}",
+        r.set_cookies()
+    );
+    assert!(
+        !r.text().contains("app"),
+        "the app's answer leaked: {}",
+        r.text()
+    );
+}
+
 /// sessiongate's cookie value in a reply, if it set one.
 fn sg_of(r: &Reply) -> Option<String> {
     r.set_cookies().iter().find_map(|c| {
@@ -92,16 +106,7 @@ async fn the_bound_evicts_anonymous_sessions_first_and_then_refuses(store: &str)
     let r = proxy.get("/whoami").await;
     assert_eq!(r.status, 503, "{r:?}");
     assert!(r.headers.contains_key("retry-after"), "{r:?}");
-    assert!(
-        r.set_cookies().is_empty(),
-        "a cookie leaked: {:?}",
-        r.set_cookies()
-    );
-    assert!(
-        !r.text().contains("app"),
-        "the app's answer leaked: {}",
-        r.text()
-    );
+    assert_nothing_of_the_app_leaked(&r);
     let metrics = proxy.sessions.metrics.render();
     assert_eq!(
         metric_sum(
@@ -159,16 +164,7 @@ async fn a_client_creating_sessions_too_fast_gets_429_and_others_do_not() {
     assert_eq!(r.status, 429, "{r:?}");
     let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=11).contains(&retry), "Retry-After {retry}");
-    assert!(
-        r.set_cookies().is_empty(),
-        "a cookie leaked: {:?}",
-        r.set_cookies()
-    );
-    assert!(
-        !r.text().contains("app"),
-        "the app's answer leaked: {}",
-        r.text()
-    );
+    assert_nothing_of_the_app_leaked(&r);
 
     // Another client is unaffected, and the limited client's existing session works.
     assert_eq!(conn.send(from("203.0.113.2")).await.status, 200);

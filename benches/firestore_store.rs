@@ -44,6 +44,7 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use sessiongate::config::StoreConfig;
 use sessiongate::session::SessionKey;
+use sessiongate::store::bound::Bound;
 use sessiongate::store::cache::CachedStore;
 use sessiongate::store::firestore::FirestoreStore;
 use sessiongate::store::{
@@ -73,6 +74,8 @@ struct Plan {
     paced: usize,
     /// Samples per store operation in the backend latency run.
     op_samples: usize,
+    /// Anonymous visitors per group in the deferred-writes run.
+    visitors: usize,
 }
 
 // ---------------------------------------------------------------- the emulator
@@ -341,6 +344,7 @@ struct Replica {
     addr: SocketAddr,
     counts: Arc<Counting>,
     cache_ttl: Duration,
+    defer_anonymous_writes: bool,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -357,8 +361,12 @@ fn replica_config(
     app: SocketAddr,
     collection: &str,
     cache_ttl: Option<&str>,
+    defer_anonymous_writes: bool,
 ) -> String {
-    let ttl = cache_ttl.map_or(String::new(), |t| format!("cache_ttl = \"{t}\"\n"));
+    let mut ttl = cache_ttl.map_or(String::new(), |t| format!("cache_ttl = \"{t}\"\n"));
+    if defer_anonymous_writes {
+        ttl.push_str("defer_anonymous_writes = true\n");
+    }
     format!(
         r#"
 [server]
@@ -375,6 +383,10 @@ kind = "firestore"
 project_id = "{PROJECT}"
 collection = "{collection}"
 {ttl}
+# The bench's visitors all come from 127.0.0.1.
+[session]
+new_sessions_per_minute = 0
+
 [[routes]]
 upstream = "http://{app}"
 response_timeout = "5s"
@@ -406,6 +418,7 @@ async fn start_replica(text: &str) -> Replica {
         cache_ttl,
         cache_stale_for,
         cache_max_entries,
+        defer_anonymous_writes,
     } = config.store.clone()
     else {
         panic!("the bench config must use the Firestore store");
@@ -419,12 +432,14 @@ async fn start_replica(text: &str) -> Replica {
     std::env::set_var("FIRESTORE_EMULATOR_HOST", &emulator);
     let remote = remote.unwrap_or_else(|e| panic!("connecting to Firestore: {e}"));
     let counts = Arc::new(Counting::new(Arc::new(remote), tap));
-    let store = Arc::new(CachedStore::new(
+    let cache = CachedStore::new(
         counts.clone(),
         cache_ttl,
         cache_stale_for,
         cache_max_entries,
-    ));
+    );
+    let defer = defer_anonymous_writes.then(|| Bound::new(cache_max_entries, Default::default()));
+    let store = sessiongate::store::in_front_of_shared(cache, defer);
     let server = Server::bind_with_store(config, Some(store))
         .await
         .unwrap_or_else(|e| panic!("starting the proxy: {e}"));
@@ -437,6 +452,7 @@ async fn start_replica(text: &str) -> Replica {
         addr,
         counts,
         cache_ttl,
+        defer_anonymous_writes,
         stop: Some(stop),
     }
 }
@@ -823,6 +839,52 @@ async fn warm_run(
     }
 }
 
+struct AnonymousRun {
+    deferred: bool,
+    visitors: usize,
+    /// Visitors who make one request and never come back (crawlers, floods).
+    once: Snap,
+    /// The same number of visitors who come back once (a second page).
+    returning: Snap,
+}
+
+/// `n` cookie-less visitors who never return, then `n` who return once; what each group
+/// cost in the store.
+async fn anonymous_run(
+    replica: &Replica,
+    tls: &Arc<rustls::ClientConfig>,
+    n: usize,
+) -> AnonymousRun {
+    let before = replica.counts.snap();
+    for _ in 0..n {
+        let mut v = Visitor::new(replica, tls);
+        let r = v.get("/whoami").await;
+        assert_eq!((r.status, r.body.as_str()), (200, "anonymous"), "{r:?}");
+        assert!(v.sg.is_some(), "the first visit gets a session cookie");
+    }
+    let once = replica.counts.snap().minus(&before);
+    let before = replica.counts.snap();
+    for _ in 0..n {
+        let mut v = Visitor::new(replica, tls);
+        v.get("/whoami").await;
+        let first = v.sg.clone().expect("the first visit gets a session cookie");
+        let r = v.get("/whoami").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.sg.is_none(), "the returning visitor keeps its ID: {r:?}");
+        assert!(
+            r.app_sid.is_some(),
+            "the app's cookie was vaulted and comes back with the visitor: {r:?}"
+        );
+        assert_eq!(v.sg.as_deref(), Some(first.as_str()));
+    }
+    AnonymousRun {
+        deferred: replica.defer_anonymous_writes,
+        visitors: n,
+        once,
+        returning: replica.counts.snap().minus(&before),
+    }
+}
+
 struct Revocation {
     delay: Duration,
     logout: Snap,
@@ -905,6 +967,7 @@ struct Results {
     logins: Vec<LoginSample>,
     warm: Vec<WarmRun>,
     revocations: Vec<Revocation>,
+    anonymous: Vec<AnonymousRun>,
     cache_ttl: Duration,
 }
 
@@ -924,7 +987,7 @@ async fn measure(plan: &Plan) -> Results {
     let legacy = support::legacy::LegacyApp::start().await;
     let app = legacy.up.addr;
     // A and B: two replicas with the default cache_ttl, sharing one collection.
-    let text = replica_config(&leaf, app, &collection, None);
+    let text = replica_config(&leaf, app, &collection, None, false);
     let a = start_replica(&text).await;
     let b = start_replica(&text).await;
     assert_eq!(
@@ -948,7 +1011,7 @@ async fn measure(plan: &Plan) -> Results {
 
     let mut warm = vec![warm_run(&a, &tls, &id, &user, plan.requests, Duration::ZERO).await];
     // C: a replica whose cache outlives the run, so "warm" holds throughout.
-    let c = start_replica(&replica_config(&leaf, app, &collection, Some("1h"))).await;
+    let c = start_replica(&replica_config(&leaf, app, &collection, Some("1h"), false)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     warm.push(warm_run(&c, &tls, &id, &user, plan.requests, Duration::ZERO).await);
     drop(c);
@@ -960,18 +1023,37 @@ async fn measure(plan: &Plan) -> Results {
     for t in 0..plan.revocations {
         revocations.push(revocation_trial(&a, &b, &tls, t, plan.revocations).await);
     }
+    let mut anonymous = vec![anonymous_run(&a, &tls, plan.visitors).await];
+    let d = start_replica(&replica_config(&leaf, app, &collection, None, true)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    anonymous.push(anonymous_run(&d, &tls, plan.visitors).await);
     drop(pki);
     Results {
         backend,
         logins,
         warm,
         revocations,
+        anonymous,
         cache_ttl: a.cache_ttl,
     }
 }
 
 /// The invariants the README's claims rest on; a violation fails the run.
 fn check(r: &Results) {
+    for a in &r.anonymous {
+        let n = a.visitors as u64;
+        assert_eq!(a.once.errors() + a.returning.errors(), 0);
+        match a.deferred {
+            true => {
+                assert_eq!(a.once.writes(), 0, "deferred: {}", a.once.describe());
+                assert_eq!(a.returning.writes(), n, "{}", a.returning.describe());
+            }
+            false => {
+                assert_eq!(a.once.writes(), n, "{}", a.once.describe());
+                assert_eq!(a.returning.writes(), n, "{}", a.returning.describe());
+            }
+        }
+    }
     for w in &r.warm {
         assert_eq!(w.ops.errors(), 0, "store errors: {}", w.ops.describe());
         assert_eq!(
@@ -1294,6 +1376,25 @@ fn report(plan: &Plan, emulator: &Emulator, r: &Results) -> String {
     ));
     o.push(String::new());
     o.push("Delay: from the logout's response on replica A to the first response on replica B that no longer forwards the session's vaulted app cookie (B refused the ID); B is polled every 10 ms, and each trial logs out at a different point of B's cache period.".into());
+    o.push(String::new());
+    o.push("### 5. Anonymous visitors: document writes per new visitor".into());
+    o.push(String::new());
+    o.push("| `defer_anonymous_writes` | visitors per group | one request, never back: writes (per visitor) | back once: writes (per visitor) | reads, both groups |".into());
+    o.push("|---|---|---|---|---|".into());
+    for a in &r.anonymous {
+        let per = |s: &Snap| s.writes() as f64 / a.visitors.max(1) as f64;
+        o.push(format!(
+            "| {} | {} | {} ({:.2}) | {} ({:.2}) | {} |",
+            a.deferred,
+            a.visitors,
+            a.once.writes(),
+            per(&a.once),
+            a.returning.writes(),
+            per(&a.returning),
+            a.once.reads() + a.returning.reads(),
+        ));
+    }
+    o.push(String::new());
     o.join("\n") + "\n"
 }
 
@@ -1307,6 +1408,7 @@ fn main() {
             revocations: 20,
             paced: 10,
             op_samples: 200,
+            visitors: 200,
         }
     } else {
         Plan {
@@ -1316,6 +1418,7 @@ fn main() {
             revocations: 2,
             paced: 2,
             op_samples: 10,
+            visitors: 5,
         }
     };
     // Before the runtime starts any thread: this sets FIRESTORE_EMULATOR_HOST.

@@ -181,17 +181,19 @@ async fn open_store(
             cache_ttl,
             cache_stale_for,
             cache_max_entries,
+            defer_anonymous_writes,
         } => {
             let remote = FirestoreStore::connect(project_id, database_id, collection).await?;
-            Arc::new(
-                CachedStore::new(
-                    Arc::new(remote),
-                    *cache_ttl,
-                    *cache_stale_for,
-                    *cache_max_entries,
-                )
-                .with_counters(metrics.cache_hits.clone(), metrics.cache_misses.clone()),
+            let cache = CachedStore::new(
+                Arc::new(remote),
+                *cache_ttl,
+                *cache_stale_for,
+                *cache_max_entries,
             )
+            .with_counters(metrics.cache_hits.clone(), metrics.cache_misses.clone());
+            let defer = defer_anonymous_writes
+                .then(|| Bound::new(*cache_max_entries, metrics.sessions_evicted.clone()));
+            crate::store::in_front_of_shared(cache, defer)
         }
     })
 }

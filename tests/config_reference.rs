@@ -204,6 +204,7 @@ fn base(key: &str, files: &Files) -> toml::Table {
         "cache_ttl",
         "cache_stale_for",
         "cache_max_entries",
+        "defer_anonymous_writes",
     ];
     if let Some(store_key) = key.strip_prefix("store.") {
         if firestore.contains(&store_key) {

@@ -143,6 +143,10 @@ pub enum RawStore {
         cache_stale_for: Duration,
         #[serde(default = "defaults::cache_max_entries")]
         cache_max_entries: usize,
+        /// Keep a new anonymous session in this replica until its visitor comes back,
+        /// and write it to Firestore only then (see `store::deferred`).
+        #[serde(default)]
+        defer_anonymous_writes: bool,
     },
 }
 

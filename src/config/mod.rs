@@ -90,6 +90,7 @@ pub enum StoreConfig {
         cache_ttl: Duration,
         cache_stale_for: Duration,
         cache_max_entries: usize,
+        defer_anonymous_writes: bool,
     },
 }
 
@@ -667,6 +668,7 @@ fn validate_store(raw: file::RawStore, base: &Path, p: &mut Problems) -> StoreCo
             cache_ttl,
             cache_stale_for,
             cache_max_entries,
+            defer_anonymous_writes,
         } => {
             if project_id.trim().is_empty() {
                 p.add(
@@ -697,6 +699,7 @@ fn validate_store(raw: file::RawStore, base: &Path, p: &mut Problems) -> StoreCo
                 cache_ttl,
                 cache_stale_for,
                 cache_max_entries: cache_max_entries.max(1),
+                defer_anonymous_writes,
             }
         }
     }

@@ -86,6 +86,19 @@ impl MemoryStore {
         self.map.is_empty()
     }
 
+    /// The key's record if it is live (synchronous: for stores layered on this one).
+    pub fn live(&self, key: &SessionKey) -> Option<SessionRecord> {
+        match self.map.get(key).as_deref() {
+            Some(Entry::Live(r)) => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    /// Forgets a key, whatever it holds.
+    pub fn remove(&self, key: &SessionKey) {
+        self.map.remove(key);
+    }
+
     /// Runs `decide` on the key's entry under its lock, and stores what it wrote. A
     /// vacant key stays vacant: no transition but `create` writes to one.
     fn apply<T>(&self, key: &SessionKey, decide: impl FnOnce(Option<&Entry>) -> Step<T>) -> T {

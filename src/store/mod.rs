@@ -11,6 +11,7 @@
 
 pub mod bound;
 pub mod cache;
+pub mod deferred;
 pub mod file;
 pub mod firestore;
 pub mod memory;
@@ -369,6 +370,23 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Removes expired sessions and tombstones; returns how many.
     async fn sweep(&self, now: u64) -> Result<usize, StoreError>;
+}
+
+/// What a replica puts in front of a shared store (Firestore): its cache and, when
+/// `store.defer_anonymous_writes` is on (`defer` holds the pending set's bound), the
+/// deferred anonymous writes over it. Written once for the binary and the benches.
+pub fn in_front_of_shared(
+    cache: cache::CachedStore,
+    defer: Option<bound::Bound>,
+) -> std::sync::Arc<dyn SessionStore> {
+    let cache = std::sync::Arc::new(cache);
+    match defer {
+        Some(bound) => std::sync::Arc::new(deferred::DeferredStore::new(
+            cache,
+            MemoryStore::bounded(bound),
+        )),
+        None => cache,
+    }
 }
 
 /// Current time in Unix milliseconds.

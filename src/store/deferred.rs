@@ -1,0 +1,354 @@
+//! Deferred anonymous writes (`store.defer_anonymous_writes`, Firestore): a new anonymous
+//! session stays in this replica's memory until its visitor comes back, and is written
+//! to the shared store only then.
+//!
+//! Why: with Firestore every new visitor whose first response sets a vaulted cookie is a
+//! paid document write, and most of the visitors of a public site (crawlers, scanners,
+//! anyone who keeps no cookies, or a flood) never send a second request. Deferring the
+//! write until the visitor presents the ID again makes those cost nothing.
+//!
+//! Safety: a pending session is only ever anonymous (a login, a claim or any other
+//! change writes it first: every operation but `create` on a pending key *materialises*
+//! it, that is creates it in the shared store, and then runs on the shared store), so
+//! nothing a fixation defence rests on is held only here. Materialising is done once per
+//! key: concurrent requests of the returning visitor wait for the one write, and a
+//! failed write fails the request closed (503) and is retried by the next one.
+//!
+//! The price: until the visitor's second request, the session exists on this replica
+//! only. A second request that reaches another replica finds no session there and
+//! starts a new one (the app sees a new visitor), and a restart forgets pending
+//! sessions. That suits a single replica or a Service with client affinity, which is why
+//! it is off by default. The pending set is bounded (`cache_max_entries`), least recently
+//! created first out, and swept with the anonymous idle timeout like the memory store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use tokio::sync::OnceCell;
+
+use super::{
+    Claim, LoginClaim, Lookup, MemoryStore, RevokeReason, RotateOutcome, Rotation, SessionRecord,
+    SessionStore, StoreError,
+};
+use crate::session::SessionKey;
+use crate::vault::VaultChange;
+
+pub struct DeferredStore {
+    inner: Arc<dyn SessionStore>,
+    /// Anonymous sessions not written yet (bounded).
+    pending: MemoryStore,
+    /// One materialising write per key at a time.
+    writing: DashMap<SessionKey, Arc<OnceCell<()>>>,
+}
+
+impl DeferredStore {
+    pub fn new(inner: Arc<dyn SessionStore>, pending: MemoryStore) -> DeferredStore {
+        DeferredStore {
+            inner,
+            pending,
+            writing: DashMap::new(),
+        }
+    }
+
+    /// Sessions waiting for their visitor's return.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Only a fresh anonymous record may wait: anything else is written at once.
+    fn may_wait(record: &SessionRecord) -> bool {
+        !record.authenticated && record.login_claim.is_none() && record.version == 1
+    }
+
+    /// Writes a pending session to the shared store (once), so that the operation that
+    /// follows runs there. A key that is not pending is left alone.
+    async fn materialise(&self, key: &SessionKey) -> Result<(), StoreError> {
+        let Some(record) = self.pending.live(key) else {
+            return Ok(());
+        };
+        let once = self.writing.entry(*key).or_default().clone();
+        once.get_or_try_init(|| async {
+            match self.inner.create(key, &record).await {
+                // A request that read the pending copy before a concurrent
+                // materialisation removed it: that one wrote it.
+                Ok(()) | Err(StoreError::Conflict) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+        .await?;
+        // Pending first: a request that then finds no pending copy reads the shared one.
+        self.pending.remove(key);
+        self.writing.remove(key);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionStore for DeferredStore {
+    async fn load(&self, key: &SessionKey) -> Result<Lookup, StoreError> {
+        // The visitor came back.
+        self.materialise(key).await?;
+        self.inner.load(key).await
+    }
+
+    async fn load_stale(&self, key: &SessionKey) -> Option<Lookup> {
+        match self.pending.live(key) {
+            Some(record) => Some(Lookup::Live(record)),
+            None => self.inner.load_stale(key).await,
+        }
+    }
+
+    fn replica_staleness(&self) -> Duration {
+        self.inner.replica_staleness()
+    }
+
+    async fn probe(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.inner.probe(key).await
+    }
+
+    async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
+        match Self::may_wait(record) {
+            true => self.pending.create(key, record).await,
+            false => self.inner.create(key, record).await,
+        }
+    }
+
+    async fn merge_vault(
+        &self,
+        key: &SessionKey,
+        changes: &[VaultChange],
+        now: u64,
+        expires_at: u64,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        self.materialise(key).await?;
+        self.inner.merge_vault(key, changes, now, expires_at).await
+    }
+
+    async fn touch(&self, key: &SessionKey, now: u64, expires_at: u64) -> Result<(), StoreError> {
+        self.materialise(key).await?;
+        self.inner.touch(key, now, expires_at).await
+    }
+
+    async fn claim_login(
+        &self,
+        key: &SessionKey,
+        claim: LoginClaim,
+        now: u64,
+    ) -> Result<Claim, StoreError> {
+        self.materialise(key).await?;
+        self.inner.claim_login(key, claim, now).await
+    }
+
+    async fn release_login(&self, key: &SessionKey, owner: u64) -> Result<(), StoreError> {
+        self.materialise(key).await?;
+        self.inner.release_login(key, owner).await
+    }
+
+    async fn rotate(
+        &self,
+        old: &SessionKey,
+        new: &SessionKey,
+        rotation: &Rotation,
+    ) -> Result<RotateOutcome, StoreError> {
+        self.materialise(old).await?;
+        self.inner.rotate(old, new, rotation).await
+    }
+
+    async fn revoke(
+        &self,
+        key: &SessionKey,
+        reason: RevokeReason,
+        keep_until: u64,
+    ) -> Result<bool, StoreError> {
+        self.materialise(key).await?;
+        self.inner.revoke(key, reason, keep_until).await
+    }
+
+    async fn sweep(&self, now: u64) -> Result<usize, StoreError> {
+        let local = self.pending.sweep(now).await?;
+        Ok(local.saturating_add(self.inner.sweep(now).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::store::bound::Bound;
+    use crate::vault::VaultCookie;
+
+    /// Counts the creations that reach the shared store, which is a memory store.
+    #[derive(Default)]
+    struct Shared {
+        store: MemoryStore,
+        creates: AtomicUsize,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl SessionStore for Shared {
+        async fn load(&self, k: &SessionKey) -> Result<Lookup, StoreError> {
+            self.store.load(k).await
+        }
+        async fn create(&self, k: &SessionKey, r: &SessionRecord) -> Result<(), StoreError> {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Timeout);
+            }
+            self.creates.fetch_add(1, Ordering::SeqCst);
+            self.store.create(k, r).await
+        }
+        async fn merge_vault(
+            &self,
+            k: &SessionKey,
+            c: &[VaultChange],
+            n: u64,
+            e: u64,
+        ) -> Result<Option<SessionRecord>, StoreError> {
+            self.store.merge_vault(k, c, n, e).await
+        }
+        async fn touch(&self, k: &SessionKey, n: u64, e: u64) -> Result<(), StoreError> {
+            self.store.touch(k, n, e).await
+        }
+        async fn claim_login(
+            &self,
+            k: &SessionKey,
+            c: LoginClaim,
+            n: u64,
+        ) -> Result<Claim, StoreError> {
+            self.store.claim_login(k, c, n).await
+        }
+        async fn release_login(&self, k: &SessionKey, o: u64) -> Result<(), StoreError> {
+            self.store.release_login(k, o).await
+        }
+        async fn rotate(
+            &self,
+            o: &SessionKey,
+            n: &SessionKey,
+            r: &Rotation,
+        ) -> Result<RotateOutcome, StoreError> {
+            self.store.rotate(o, n, r).await
+        }
+        async fn revoke(
+            &self,
+            k: &SessionKey,
+            r: RevokeReason,
+            u: u64,
+        ) -> Result<bool, StoreError> {
+            self.store.revoke(k, r, u).await
+        }
+        async fn sweep(&self, n: u64) -> Result<usize, StoreError> {
+            self.store.sweep(n).await
+        }
+    }
+
+    fn key(n: u8) -> SessionKey {
+        crate::session::SessionId::from_bytes([n; 32]).key()
+    }
+
+    fn visitor() -> SessionRecord {
+        let cookie = VaultCookie {
+            name: "SID".into(),
+            value: "app-session".into(),
+            path: "/".into(),
+            expires_at: None,
+        };
+        SessionRecord::new_anonymous(1, u64::MAX, vec![cookie])
+    }
+
+    fn deferred() -> (Arc<Shared>, DeferredStore) {
+        let shared = Arc::new(Shared::default());
+        let store = DeferredStore::new(shared.clone(), MemoryStore::new());
+        (shared, store)
+    }
+
+    #[tokio::test]
+    async fn a_visitor_who_never_comes_back_costs_no_write() {
+        let (shared, store) = deferred();
+        for n in 0..50 {
+            store.create(&key(n), &visitor()).await.unwrap();
+        }
+        assert_eq!(shared.creates.load(Ordering::SeqCst), 0);
+        assert_eq!(store.pending(), 50);
+        // The anonymous idle timeout sweeps them like any other session.
+        assert_eq!(store.sweep(u64::MAX).await.unwrap(), 50);
+        assert_eq!(store.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_return_writes_once_even_when_requests_race() {
+        let (shared, store) = deferred();
+        let store = Arc::new(store);
+        store.create(&key(1), &visitor()).await.unwrap();
+        let loads: Vec<_> = (0..8)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move { s.load(&key(1)).await })
+            })
+            .collect();
+        for l in loads {
+            assert!(matches!(l.await.unwrap().unwrap(), Lookup::Live(r) if r.vault.len() == 1));
+        }
+        assert_eq!(shared.creates.load(Ordering::SeqCst), 1);
+        assert_eq!(store.pending(), 0);
+        assert!(matches!(
+            shared.store.load(&key(1)).await.unwrap(),
+            Lookup::Live(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_login_on_a_pending_session_runs_on_the_shared_store() {
+        let (shared, store) = deferred();
+        store.create(&key(1), &visitor()).await.unwrap();
+        let claim = LoginClaim {
+            owner: 7,
+            until: u64::MAX,
+        };
+        assert_eq!(
+            store.claim_login(&key(1), claim, 2).await.unwrap(),
+            Claim::Claimed
+        );
+        assert_eq!(store.pending(), 0);
+        let Lookup::Live(r) = shared.store.load(&key(1)).await.unwrap() else {
+            panic!("the claimed session is in the shared store");
+        };
+        assert_eq!(r.login_claim, Some(claim));
+        // A record that is not fresh and anonymous is never held back.
+        let mut signed_in = visitor();
+        signed_in.authenticated = true;
+        store.create(&key(2), &signed_in).await.unwrap();
+        assert_eq!(store.pending(), 0);
+        assert_eq!(shared.creates.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_the_request_and_the_next_one_retries() {
+        let (shared, store) = deferred();
+        store.create(&key(1), &visitor()).await.unwrap();
+        shared.fail.store(true, Ordering::SeqCst);
+        assert_eq!(store.load(&key(1)).await, Err(StoreError::Timeout));
+        assert_eq!(store.pending(), 1, "still pending after the failure");
+        shared.fail.store(false, Ordering::SeqCst);
+        assert!(matches!(
+            store.load(&key(1)).await.unwrap(),
+            Lookup::Live(_)
+        ));
+        assert_eq!(shared.creates.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_pending_set_is_bounded() {
+        let shared = Arc::new(Shared::default());
+        let bound = Bound::new(100, prometheus_client::metrics::counter::Counter::default());
+        let store = DeferredStore::new(shared.clone(), MemoryStore::bounded(bound));
+        for n in 0..=250u8 {
+            store.create(&key(n), &visitor()).await.unwrap();
+        }
+        assert!(store.pending() <= 100, "{}", store.pending());
+        assert_eq!(shared.creates.load(Ordering::SeqCst), 0);
+    }
+}

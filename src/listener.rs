@@ -52,14 +52,33 @@ pub struct Live<H> {
     tls: Option<TlsAcceptor>,
     builder: auto::Builder<TokioExecutor>,
     handshake_timeout: Duration,
+    /// For connections accepted under pressure (see [`PRESSED_DEADLINE`]).
+    pressed_builder: auto::Builder<TokioExecutor>,
+    pressed_handshake_timeout: Duration,
 }
+
+/// When fewer than a tenth of `max_connections` are free, a new connection gets at most
+/// this long for its TLS handshake and for each request head. Slow clients (slowloris)
+/// that hold every slot would otherwise keep normal clients waiting in the kernel's
+/// backlog for the full deadlines (10 s by default) at every turn; under pressure the
+/// slots turn over quickly, and a normal client, who sends its head in milliseconds, does
+/// not notice. The idea is Envoy's overload manager ("reduce timeouts").
+pub const PRESSED_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Under pressure, the whole of a body that sessiongate reads (a form on a session
+/// route) must arrive within this long, instead of the route's `body_idle_timeout`.
+pub const PRESSED_BODY_DEADLINE: Duration = Duration::from_secs(10);
 
 impl<H: Handler> Live<H> {
     pub fn new(state: Arc<H>, tls: Option<TlsAcceptor>) -> Live<H> {
         let server = state.server_config();
+        let mut pressed = server.clone();
+        pressed.header_read_timeout = pressed.header_read_timeout.min(PRESSED_DEADLINE);
         Live {
             builder: connection_builder(server),
             handshake_timeout: server.tls_handshake_timeout,
+            pressed_builder: connection_builder(&pressed),
+            pressed_handshake_timeout: server.tls_handshake_timeout.min(PRESSED_DEADLINE),
             tls,
             state,
         }
@@ -74,6 +93,9 @@ pub type Shared<H> = Arc<ArcSwap<Live<H>>>;
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// Accepted under pressure: a body sessiongate reads whole must arrive within
+    /// [`PRESSED_BODY_DEADLINE`].
+    pub pressed: bool,
 }
 
 /// Connection-level HTTP settings.
@@ -121,39 +143,61 @@ pub async fn accept_loop<H: Handler>(
             },
         };
         let _ = tcp.set_nodelay(true);
+        let pressed = under_pressure(conns.available_permits(), live.load().state.server_config());
+        if pressed {
+            metrics.connections_pressed.inc();
+        }
         let (live, metrics) = (live.clone(), metrics.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
             metrics.active_connections.inc();
-            serve_connection(tcp, peer, tls, &live, &metrics, watcher).await;
+            serve_connection(tcp, peer, tls, pressed, &live, &metrics, watcher).await;
             metrics.active_connections.dec();
         });
     }
+}
+
+/// Whether fewer than a tenth of the connection slots are free.
+fn under_pressure(free: usize, server: &ServerConfig) -> bool {
+    free < server.max_connections / 10
 }
 
 async fn serve_connection<H: Handler>(
     tcp: TcpStream,
     peer: SocketAddr,
     tls: bool,
+    pressed: bool,
     shared: &Shared<H>,
     metrics: &Metrics,
     watcher: Watcher,
 ) {
     // The config current when the connection arrived sets its handshake and HTTP limits.
     let live = shared.load_full();
+    let (builder, handshake_timeout) = match pressed {
+        true => (&live.pressed_builder, live.pressed_handshake_timeout),
+        false => (&live.builder, live.handshake_timeout),
+    };
     let acceptor = match (tls, &live.tls) {
         (false, _) => {
-            let conn = ConnInfo { peer, tls: false };
-            return serve_http(TokioIo::new(tcp), conn, &live, shared.clone(), watcher).await;
+            let conn = ConnInfo {
+                peer,
+                tls: false,
+                pressed,
+            };
+            return serve_http(TokioIo::new(tcp), conn, builder, shared.clone(), watcher).await;
         }
         (true, Some(acceptor)) => acceptor.clone(),
         (true, None) => return, // cannot happen: a TLS listener implies [tls]
     };
-    match tokio::time::timeout(live.handshake_timeout, acceptor.accept(tcp)).await {
+    match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => {
-            let conn = ConnInfo { peer, tls: true };
-            serve_http(TokioIo::new(stream), conn, &live, shared.clone(), watcher).await
+            let conn = ConnInfo {
+                peer,
+                tls: true,
+                pressed,
+            };
+            serve_http(TokioIo::new(stream), conn, builder, shared.clone(), watcher).await
         }
         Ok(Err(e)) => {
             metrics.tls_handshake_failures.inc();
@@ -169,7 +213,7 @@ async fn serve_connection<H: Handler>(
 async fn serve_http<IO, H: Handler>(
     io: TokioIo<IO>,
     conn: ConnInfo,
-    live: &Live<H>,
+    builder: &auto::Builder<TokioExecutor>,
     shared: Shared<H>,
     watcher: Watcher,
 ) where
@@ -177,7 +221,7 @@ async fn serve_http<IO, H: Handler>(
 {
     // Each request runs on the config current when it starts.
     let svc = hyper::service::service_fn(move |req| shared.load().state.clone().handle(conn, req));
-    let connection = live.builder.serve_connection_with_upgrades(io, svc);
+    let connection = builder.serve_connection_with_upgrades(io, svc);
     if let Err(e) = watcher.watch(connection.into_owned()).await {
         match e.downcast_ref::<hyper::Error>() {
             // hyper answered 400 or 431 itself: log the reason and an access line, as

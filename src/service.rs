@@ -219,6 +219,15 @@ impl AppState {
                         warn!(route = %route_name, reason, suppressed, error = %e, "new sessions refused");
                     }
                 }
+                // A client's bad requests are its own business and come as fast as it
+                // sends them (slow-body floods, scanners): logged at most once a second
+                // (every one still has its access line and metric). The app's and the
+                // store's failures are the operator's, and each is logged.
+                None if e.side() == crate::error::Side::Client => {
+                    if let Some(suppressed) = self.metrics.client_error_log.allow(now_ms()) {
+                        warn!(route = %route_name, %method, path = %raw_path, side = ?e.side(), suppressed, error = %e, "request failed")
+                    }
+                }
                 None => {
                     warn!(route = %route_name, %method, path = %raw_path, side = ?e.side(), error = %e, "request failed")
                 }
@@ -495,7 +504,12 @@ impl AppState {
             ctx.attempt = true;
             return Ok((upstream::client_body(ctx.route, body), false));
         }
-        let bytes = read_whole(ctx.route, upstream::client_body(ctx.route, body)).await?;
+        let bytes = read_whole(
+            ctx.route,
+            ctx.conn.pressed,
+            upstream::client_body(ctx.route, body),
+        )
+        .await?;
         let subject_field = self.subject_field(ctx, &parts.method);
         let what = Inspect {
             protected: &ctx.route.protected,
@@ -966,10 +980,17 @@ fn check_header_values(req: &Request<Body>) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Reads a whole body, within the route's size cap and idle deadline.
-async fn read_whole(route: &Route, body: Body) -> Result<Bytes, ProxyError> {
+/// Reads a whole body, within the route's size cap and deadline (shorter on a connection
+/// accepted under pressure, so that slow bodies cannot hold every connection slot).
+async fn read_whole(route: &Route, pressed: bool, body: Body) -> Result<Bytes, ProxyError> {
     use http_body_util::BodyExt;
-    match tokio::time::timeout(route.body_idle_timeout, body.collect()).await {
+    let deadline = match pressed {
+        true => route
+            .body_idle_timeout
+            .min(crate::listener::PRESSED_BODY_DEADLINE),
+        false => route.body_idle_timeout,
+    };
+    match tokio::time::timeout(deadline, body.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ProxyError::BodyTooLarge {
             limit: route.max_request_body,

@@ -177,6 +177,9 @@ pub struct Metrics {
     pub removed: Family<KindLabel, Counter>,
     pub upstream_seconds: Latency,
     pub active_connections: Gauge,
+    /// Connections accepted with fewer than a tenth of `max_connections` free, which get
+    /// short handshake and head deadlines (`listener::PRESSED_DEADLINE`).
+    pub connections_pressed: Counter,
     /// Tasks alive on the runtime, read when metrics are rendered.
     pub tokio_tasks: Gauge,
     pub tls_handshake_failures: Counter,
@@ -190,6 +193,8 @@ pub struct Metrics {
     /// creation limit) and route.
     pub sessions_refused: Family<RouteReason, Counter>,
     pub refusal_log: LogThrottle,
+    /// Requests refused for the client's own fault.
+    pub client_error_log: LogThrottle,
     pub reloads: Family<OutcomeLabel, Counter>,
     pub sessions: SessionCounters,
 }
@@ -239,6 +244,7 @@ impl Metrics {
                 Family::new_with_constructor(latency),
             ),
             active_connections: reg(&mut r, "active_connections", "Client connections open now", Gauge::default()),
+            connections_pressed: reg(&mut r, "connections_pressed", "Connections accepted with under a tenth of max_connections free (short handshake and head deadlines)", Counter::default()),
             tokio_tasks: reg(&mut r, "tokio_tasks", "Tasks alive on the async runtime (connections, relays, the sweeper)", Gauge::default()),
             tls_handshake_failures: reg(
                 &mut r,
@@ -273,6 +279,7 @@ impl Metrics {
                 Family::default(),
             ),
             refusal_log: LogThrottle::default(),
+            client_error_log: LogThrottle::default(),
             reloads: reg(&mut r, "config_reloads", "Config reloads, by outcome (success, failure)", Family::default()),
             sessions: SessionCounters::register(&mut r),
             registry: r,

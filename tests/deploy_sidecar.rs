@@ -134,6 +134,7 @@ fn every_yaml_file_under_deploy_parses() {
 const COUNTERS_AND_GAUGES: &[&str] = &[
     "sessiongate_requests_total",
     "sessiongate_active_connections",
+    "sessiongate_connections_pressed_total",
     "sessiongate_tls_handshake_failures_total",
     "sessiongate_sessions_created_total",
     "sessiongate_sessions_rotated_total",

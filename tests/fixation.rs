@@ -550,6 +550,7 @@ async fn the_pipeline_runs_without_a_client_socket() {
     let conn = sessiongate::listener::ConnInfo {
         peer: "127.0.0.1:50000".parse().unwrap(),
         tls: true,
+        pressed: false,
     };
     let send = |req: Request<Full<bytes::Bytes>>| {
         let state = state.clone();

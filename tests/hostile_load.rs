@@ -272,3 +272,45 @@ async fn a_flood_of_new_visitors_leaves_memory_flat() {
     assert!(evicted >= 37_000.0, "evicted {evicted}\n{metrics}");
     assert_eq!(whoami(&mut alice).await, "alice");
 }
+
+/// Slowloris at the connection cap: the connection that takes the last free slots gets
+/// the short handshake deadline (`listener::PRESSED_DEADLINE`) and is closed soon, while
+/// the ones accepted before keep the configured 30 s; the freed slot serves a normal
+/// client at once.
+#[tokio::test]
+async fn a_connection_taking_the_last_slots_gets_short_deadlines() {
+    use tokio::io::AsyncReadExt;
+    let pki = std::sync::Arc::new(Pki::new());
+    let app = LegacyApp::start().await;
+    let server = base_config(&pki).replace(
+        "shutdown_grace = \"5s\"",
+        "shutdown_grace = \"5s\"\nmax_connections = 10\ntls_handshake_timeout = \"30s\"",
+    );
+    let proxy = Proxy::start_with(pki, &format!("{server}\n{}", app.route_config(""))).await;
+    let metrics = &proxy.sessions.metrics;
+    // Ten connections that never send a TLS ClientHello.
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+        // One at a time, so that only the tenth finds no slot free.
+        for _ in 0..100 {
+            if metrics.active_connections.get() == idle.len() as i64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(metrics.active_connections.get(), 10);
+    assert_eq!(metrics.connections_pressed.get(), 1);
+    tokio::time::sleep(sessiongate::listener::PRESSED_DEADLINE + Duration::from_secs(1)).await;
+    let mut open = 0;
+    for conn in &mut idle {
+        let mut byte = [0u8; 1];
+        // Nothing to read within the wait: still open (EOF or a reset: closed).
+        let read = tokio::time::timeout(Duration::from_millis(20), conn.read(&mut byte)).await;
+        open += usize::from(read.is_err());
+    }
+    assert_eq!(open, 9, "only the pressed connection is closed early");
+    let mut visitor = Browser::new(&proxy);
+    assert_eq!(whoami(&mut visitor).await, "anonymous");
+}

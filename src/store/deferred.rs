@@ -57,11 +57,6 @@ impl DeferredStore {
         self.pending.len()
     }
 
-    /// Only a fresh anonymous record may wait: anything else is written at once.
-    fn may_wait(record: &SessionRecord) -> bool {
-        !record.authenticated && record.login_claim.is_none() && record.version == 1
-    }
-
     /// Writes a pending session to the shared store (once), so that the operation that
     /// follows runs there. A key that is not pending is left alone.
     async fn materialise(&self, key: &SessionKey) -> Result<(), StoreError> {
@@ -109,7 +104,8 @@ impl SessionStore for DeferredStore {
     }
 
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
-        match Self::may_wait(record) {
+        // Only a fresh anonymous record may wait: anything else is written at once.
+        match record.is_fresh_anonymous() {
             true => self.pending.create(key, record).await,
             false => self.inner.create(key, record).await,
         }

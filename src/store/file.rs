@@ -85,7 +85,10 @@ impl FileStore {
         // A plain open trusts the file and may panic on one damaged outside redb (disk
         // errors, a hand edit); with the check it is an error instead. The check reads
         // the whole file once, which is cheap at session-store sizes.
+        // redb's default page cache is 1 GiB: bound it (the OS page cache still holds
+        // the file).
         let db = Database::builder()
+            .set_cache_size(32 * 1024 * 1024)
             .set_check_integrity_on_open(true)
             .create_with_backend(backend)
             .map_err(|e| failed(&e))?;

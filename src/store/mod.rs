@@ -73,6 +73,12 @@ impl SessionRecord {
         }
     }
 
+    /// A session that was just created and holds nothing a login or a change put there:
+    /// the only kind a store may keep less carefully (deferred, or not fsynced at once).
+    pub fn is_fresh_anonymous(&self) -> bool {
+        !self.authenticated && self.login_claim.is_none() && self.version == 1
+    }
+
     /// When the absolute lifetime started: the login, or else the creation.
     pub fn lifetime_start(&self) -> u64 {
         self.authenticated_at.unwrap_or(self.created_at)

@@ -255,79 +255,18 @@ impl SessionStore for CachedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::store::instrumented::Instrumented;
+    use std::sync::atomic::Ordering;
 
-    /// Counts loads reaching the inner store, and makes them slow.
-    struct Counting {
-        inner: MemoryStore,
-        loads: AtomicUsize,
-        delay: Duration,
-    }
-
-    #[async_trait]
-    impl SessionStore for Counting {
-        async fn load(&self, key: &SessionKey) -> Result<Lookup, StoreError> {
-            self.loads.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(self.delay).await;
-            self.inner.load(key).await
-        }
-        async fn create(&self, k: &SessionKey, r: &SessionRecord) -> Result<(), StoreError> {
-            self.inner.create(k, r).await
-        }
-        async fn merge_vault(
-            &self,
-            k: &SessionKey,
-            c: &[VaultChange],
-            n: u64,
-            e: u64,
-        ) -> Result<Option<SessionRecord>, StoreError> {
-            self.inner.merge_vault(k, c, n, e).await
-        }
-        async fn touch(&self, k: &SessionKey, n: u64, e: u64) -> Result<(), StoreError> {
-            self.inner.touch(k, n, e).await
-        }
-        async fn claim_login(
-            &self,
-            k: &SessionKey,
-            c: LoginClaim,
-            n: u64,
-        ) -> Result<Claim, StoreError> {
-            self.inner.claim_login(k, c, n).await
-        }
-        async fn release_login(&self, k: &SessionKey, o: u64) -> Result<(), StoreError> {
-            self.inner.release_login(k, o).await
-        }
-        async fn rotate(
-            &self,
-            o: &SessionKey,
-            n: &SessionKey,
-            r: &Rotation,
-        ) -> Result<RotateOutcome, StoreError> {
-            self.inner.rotate(o, n, r).await
-        }
-        async fn revoke(
-            &self,
-            k: &SessionKey,
-            r: RevokeReason,
-            u: u64,
-        ) -> Result<bool, StoreError> {
-            self.inner.revoke(k, r, u).await
-        }
-        async fn sweep(&self, n: u64) -> Result<usize, StoreError> {
-            self.inner.sweep(n).await
-        }
-    }
-
-    fn counting() -> Arc<Counting> {
+    fn counting() -> Arc<Instrumented> {
         slow_counting(Duration::from_millis(50))
     }
 
-    fn slow_counting(delay: Duration) -> Arc<Counting> {
-        Arc::new(Counting {
-            inner: MemoryStore::new(),
-            loads: AtomicUsize::new(0),
-            delay,
+    /// Counts loads reaching the inner store, and makes them slow.
+    fn slow_counting(delay: Duration) -> Arc<Instrumented> {
+        Arc::new(Instrumented {
+            load_delay: delay,
+            ..Instrumented::default()
         })
     }
 

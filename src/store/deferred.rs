@@ -170,76 +170,12 @@ impl SessionStore for DeferredStore {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
     use super::*;
     use crate::store::bound::Bound;
+    use crate::store::instrumented::Instrumented as Shared;
     use crate::vault::VaultCookie;
-
-    /// Counts the creations that reach the shared store, which is a memory store.
-    #[derive(Default)]
-    struct Shared {
-        store: MemoryStore,
-        creates: AtomicUsize,
-        fail: std::sync::atomic::AtomicBool,
-    }
-
-    #[async_trait]
-    impl SessionStore for Shared {
-        async fn load(&self, k: &SessionKey) -> Result<Lookup, StoreError> {
-            self.store.load(k).await
-        }
-        async fn create(&self, k: &SessionKey, r: &SessionRecord) -> Result<(), StoreError> {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(StoreError::Timeout);
-            }
-            self.creates.fetch_add(1, Ordering::SeqCst);
-            self.store.create(k, r).await
-        }
-        async fn merge_vault(
-            &self,
-            k: &SessionKey,
-            c: &[VaultChange],
-            n: u64,
-            e: u64,
-        ) -> Result<Option<SessionRecord>, StoreError> {
-            self.store.merge_vault(k, c, n, e).await
-        }
-        async fn touch(&self, k: &SessionKey, n: u64, e: u64) -> Result<(), StoreError> {
-            self.store.touch(k, n, e).await
-        }
-        async fn claim_login(
-            &self,
-            k: &SessionKey,
-            c: LoginClaim,
-            n: u64,
-        ) -> Result<Claim, StoreError> {
-            self.store.claim_login(k, c, n).await
-        }
-        async fn release_login(&self, k: &SessionKey, o: u64) -> Result<(), StoreError> {
-            self.store.release_login(k, o).await
-        }
-        async fn rotate(
-            &self,
-            o: &SessionKey,
-            n: &SessionKey,
-            r: &Rotation,
-        ) -> Result<RotateOutcome, StoreError> {
-            self.store.rotate(o, n, r).await
-        }
-        async fn revoke(
-            &self,
-            k: &SessionKey,
-            r: RevokeReason,
-            u: u64,
-        ) -> Result<bool, StoreError> {
-            self.store.revoke(k, r, u).await
-        }
-        async fn sweep(&self, n: u64) -> Result<usize, StoreError> {
-            self.store.sweep(n).await
-        }
-    }
 
     fn key(n: u8) -> SessionKey {
         crate::session::SessionId::from_bytes([n; 32]).key()
@@ -255,8 +191,16 @@ mod tests {
         SessionRecord::new_anonymous(1, u64::MAX, vec![cookie])
     }
 
+    /// The shared store: counts the creations that reach it, each taking 20 ms.
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            create_delay: Duration::from_millis(20),
+            ..Shared::default()
+        })
+    }
+
     fn deferred() -> (Arc<Shared>, DeferredStore) {
-        let shared = Arc::new(Shared::default());
+        let shared = shared();
         let store = DeferredStore::new(shared.clone(), MemoryStore::new());
         (shared, store)
     }
@@ -291,7 +235,7 @@ mod tests {
         assert_eq!(shared.creates.load(Ordering::SeqCst), 1);
         assert_eq!(store.pending(), 0);
         assert!(matches!(
-            shared.store.load(&key(1)).await.unwrap(),
+            shared.inner.load(&key(1)).await.unwrap(),
             Lookup::Live(_)
         ));
     }
@@ -309,7 +253,7 @@ mod tests {
             Claim::Claimed
         );
         assert_eq!(store.pending(), 0);
-        let Lookup::Live(r) = shared.store.load(&key(1)).await.unwrap() else {
+        let Lookup::Live(r) = shared.inner.load(&key(1)).await.unwrap() else {
             panic!("the claimed session is in the shared store");
         };
         assert_eq!(r.login_claim, Some(claim));
@@ -325,10 +269,10 @@ mod tests {
     async fn a_failed_write_fails_the_request_and_the_next_one_retries() {
         let (shared, store) = deferred();
         store.create(&key(1), &visitor()).await.unwrap();
-        shared.fail.store(true, Ordering::SeqCst);
+        shared.fail_creates.store(true, Ordering::SeqCst);
         assert_eq!(store.load(&key(1)).await, Err(StoreError::Timeout));
         assert_eq!(store.pending(), 1, "still pending after the failure");
-        shared.fail.store(false, Ordering::SeqCst);
+        shared.fail_creates.store(false, Ordering::SeqCst);
         assert!(matches!(
             store.load(&key(1)).await.unwrap(),
             Lookup::Live(_)
@@ -338,7 +282,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_pending_set_is_bounded() {
-        let shared = Arc::new(Shared::default());
+        let shared = shared();
         let bound = Bound::new(100, prometheus_client::metrics::counter::Counter::default());
         let store = DeferredStore::new(shared.clone(), MemoryStore::bounded(bound));
         for n in 0..=250u8 {

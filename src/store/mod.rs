@@ -14,6 +14,8 @@ pub mod cache;
 pub mod deferred;
 pub mod file;
 pub mod firestore;
+#[cfg(test)]
+pub(crate) mod instrumented;
 pub mod memory;
 pub mod transition;
 

@@ -39,7 +39,8 @@ pub struct DeferredStore {
     inner: Arc<dyn SessionStore>,
     /// Anonymous sessions not written yet (bounded).
     pending: MemoryStore,
-    /// One materialising write per key at a time.
+    /// One materialising write per key at a time; an entry lives while its write is in
+    /// flight.
     writing: DashMap<SessionKey, Arc<OnceCell<()>>>,
 }
 
@@ -64,19 +65,26 @@ impl DeferredStore {
             return Ok(());
         };
         let once = self.writing.entry(*key).or_default().clone();
-        once.get_or_try_init(|| async {
-            match self.inner.create(key, &record).await {
-                // A request that read the pending copy before a concurrent
-                // materialisation removed it: that one wrote it.
-                Ok(()) | Err(StoreError::Conflict) => Ok(()),
-                Err(e) => Err(e),
-            }
-        })
-        .await?;
-        // Pending first: a request that then finds no pending copy reads the shared one.
-        self.pending.remove(key);
+        let written = once
+            .get_or_try_init(|| async {
+                match self.inner.create(key, &record).await {
+                    // A request that read the pending copy before a concurrent
+                    // materialisation removed it: that one wrote it.
+                    Ok(()) | Err(StoreError::Conflict) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .map(drop);
+        if written.is_ok() {
+            // Pending first: a request that then finds no pending copy reads the shared
+            // one.
+            self.pending.remove(key);
+        }
+        // Also after a failure: a key whose pending copy is later swept must not leave
+        // its cell here (the map stays as small as the writes in flight).
         self.writing.remove(key);
-        Ok(())
+        written
     }
 }
 

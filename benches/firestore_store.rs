@@ -439,7 +439,7 @@ async fn start_replica(text: &str) -> Replica {
         cache_max_entries,
     );
     let defer = defer_anonymous_writes.then(|| Bound::new(cache_max_entries, Default::default()));
-    let store = sessiongate::store::in_front_of_shared(cache, defer);
+    let store = sessiongate::store::deferring(std::sync::Arc::new(cache), defer);
     let server = Server::bind_with_store(config, Some(store))
         .await
         .unwrap_or_else(|e| panic!("starting the proxy: {e}"));

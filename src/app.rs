@@ -154,8 +154,8 @@ impl crate::admin::AdminView for ServerHandle {
     }
 }
 
-/// Opens the configured store: the embedded ones directly, Firestore behind this
-/// replica's cache.
+/// Opens the configured store: memory directly, the file behind the optional deferred
+/// anonymous writes, Firestore behind this replica's cache and those.
 async fn open_store(
     config: &crate::config::StoreConfig,
     metrics: &Metrics,
@@ -169,11 +169,15 @@ async fn open_store(
             metrics.sessions_evicted.clone(),
         ))),
         StoreConfig::File {
-            path, max_sessions, ..
-        } => Arc::new(FileStore::open_bounded(
             path,
-            Bound::new(*max_sessions, metrics.sessions_evicted.clone()),
-        )?),
+            max_sessions,
+            defer_anonymous_writes,
+            ..
+        } => {
+            let bound = || Bound::new(*max_sessions, metrics.sessions_evicted.clone());
+            let file = FileStore::open_bounded(path, bound())?;
+            crate::store::deferring(Arc::new(file), defer_anonymous_writes.then(bound))
+        }
         StoreConfig::Firestore {
             project_id,
             database_id,
@@ -193,7 +197,7 @@ async fn open_store(
             .with_counters(metrics.cache_hits.clone(), metrics.cache_misses.clone());
             let defer = defer_anonymous_writes
                 .then(|| Bound::new(*cache_max_entries, metrics.sessions_evicted.clone()));
-            crate::store::in_front_of_shared(cache, defer)
+            crate::store::deferring(Arc::new(cache), defer)
         }
     })
 }

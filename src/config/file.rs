@@ -125,6 +125,10 @@ pub enum RawStore {
         /// Sessions this replica holds at most; anonymous ones are evicted first.
         #[serde(default = "defaults::max_sessions")]
         max_sessions: usize,
+        /// Keep a new anonymous session in memory until its visitor comes back, and
+        /// write (and fsync) it only then (see `store::deferred`).
+        #[serde(default)]
+        defer_anonymous_writes: bool,
     },
     /// Google Cloud Firestore, shared by every replica.
     Firestore {

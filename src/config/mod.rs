@@ -82,6 +82,7 @@ pub enum StoreConfig {
         path: PathBuf,
         sweep_interval: Duration,
         max_sessions: usize,
+        defer_anonymous_writes: bool,
     },
     Firestore {
         project_id: String,
@@ -641,6 +642,7 @@ fn validate_store(raw: file::RawStore, base: &Path, p: &mut Problems) -> StoreCo
             path,
             sweep_interval,
             max_sessions,
+            defer_anonymous_writes,
         } => {
             let resolved = resolve(base, &path);
             if let Some(dir) = resolved.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -659,6 +661,7 @@ fn validate_store(raw: file::RawStore, base: &Path, p: &mut Problems) -> StoreCo
                 path: resolved,
                 sweep_interval,
                 max_sessions: check_max_sessions(max_sessions, p),
+                defer_anonymous_writes,
             }
         }
         file::RawStore::Firestore {

@@ -24,7 +24,7 @@ use super::Entry;
 use crate::session::SessionKey;
 
 /// The default `store.max_sessions`: about 120 MB of anonymous sessions in the memory
-/// store (measured: `benches/load/flood.sh`).
+/// store (`benches/load/flood.sh` measures a flood).
 pub const DEFAULT_MAX_SESSIONS: usize = 200_000;
 
 /// A store's bound and what enforcing it counted.

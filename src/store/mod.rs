@@ -380,20 +380,19 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn sweep(&self, now: u64) -> Result<usize, StoreError>;
 }
 
-/// What a replica puts in front of a shared store (Firestore): its cache and, when
-/// `store.defer_anonymous_writes` is on (`defer` holds the pending set's bound), the
-/// deferred anonymous writes over it. Written once for the binary and the benches.
-pub fn in_front_of_shared(
-    cache: cache::CachedStore,
+/// `inner` with, when `store.defer_anonymous_writes` is on (`defer` holds the pending
+/// set's bound), the deferred anonymous writes in front of it. Written once for the
+/// binary and the benches.
+pub fn deferring(
+    inner: std::sync::Arc<dyn SessionStore>,
     defer: Option<bound::Bound>,
 ) -> std::sync::Arc<dyn SessionStore> {
-    let cache = std::sync::Arc::new(cache);
     match defer {
         Some(bound) => std::sync::Arc::new(deferred::DeferredStore::new(
-            cache,
+            inner,
             MemoryStore::bounded(bound),
         )),
-        None => cache,
+        None => inner,
     }
 }
 

@@ -597,10 +597,14 @@ impl Sessions {
                 }
             }
         }
-        if !changes.is_empty() {
+        let touch_due = now.saturating_sub(rec.last_seen_at) >= ms(self.cfg.touch_interval);
+        // No store call for an app that re-sends what the vault holds: with Firestore
+        // that would be a transaction per request.
+        let noop = vault::unchanged_by(&rec.vault, &changes, now, ms(self.cfg.touch_interval));
+        if !changes.is_empty() && (!noop || touch_due) {
             self.merge(&cur.key, &changes, route, now, expires_at)
                 .await?;
-        } else if now.saturating_sub(rec.last_seen_at) >= ms(self.cfg.touch_interval) {
+        } else if touch_due {
             // Activity bookkeeping only: a failure here must not fail the request.
             if let Err(e) = self
                 .call(StoreOp::Touch, self.store.touch(&cur.key, now, expires_at))
@@ -767,6 +771,33 @@ mod tests {
             .current
             .unwrap_or_else(|| panic!("not live"));
         (id, cur)
+    }
+
+    #[tokio::test]
+    async fn an_app_re_sending_its_cookie_costs_no_store_write() {
+        use crate::store::instrumented::Instrumented;
+        use std::sync::atomic::Ordering::SeqCst;
+        let store = Arc::new(Instrumented::default());
+        let s = sessions_on(store.clone(), Duration::ZERO);
+        let (_, cur) = anonymous(&s).await;
+        let touch = cfg().touch_interval.as_millis() as u64;
+        let at = |t| s.after_response(Some(&cur), vec![set("SID", "app1")], ROUTE, t);
+        at(T0 + 2).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (store.merges.load(SeqCst), store.touches.load(SeqCst)),
+            (0, 0)
+        );
+        // Once activity is due, the re-sent cookie is written with it, in one call.
+        at(T0 + touch).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (store.merges.load(SeqCst), store.touches.load(SeqCst)),
+            (1, 0)
+        );
+        // A new value is written at once.
+        s.after_response(Some(&cur), vec![set("SID", "app2")], ROUTE, T0 + 3)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.merges.load(SeqCst), 2);
     }
 
     #[tokio::test]

@@ -142,6 +142,32 @@ pub fn apply(vault: &mut Vec<VaultCookie>, changes: &[VaultChange]) {
     }
 }
 
+/// Whether applying `changes` leaves `vault` as it is, but for cookie expiries moved
+/// forward from ones that still run at least `slack` past `now`: the app re-sending the
+/// cookie it already set (PHP, express-session with `rolling`, Django with
+/// `SESSION_SAVE_EVERY_REQUEST`). Such a response needs no store write; the later
+/// expiries are bookkeeping, written with the session's activity (at most once per
+/// `touch_interval`, which is `slack`, so a skipped expiry cannot lapse before then).
+pub fn unchanged_by(vault: &[VaultCookie], changes: &[VaultChange], now: u64, slack: u64) -> bool {
+    let mut after = vault.to_vec();
+    apply(&mut after, changes);
+    // A (name, path) is held at most once on either side, so equal lengths and every
+    // cookie after matched by one before is the same set.
+    after.len() == vault.len()
+        && after.iter().all(|c| {
+            vault.iter().any(|old| {
+                old.name == c.name
+                    && old.path == c.path
+                    && old.value == c.value
+                    && match (old.expires_at, c.expires_at) {
+                        (a, b) if a == b => true,
+                        (Some(old), Some(new)) => new > old && old >= now.saturating_add(slack),
+                        _ => false,
+                    }
+            })
+        })
+}
+
 /// RFC 6265 5.1.4 path-match.
 fn path_matches(cookie_path: &str, request_path: &str) -> bool {
     match request_path.strip_prefix(cookie_path) {
@@ -272,6 +298,74 @@ mod tests {
 
     fn guard() -> NameGuard {
         NameGuard::new(["PHPSESSID", "JSESSIONID"])
+    }
+
+    #[test]
+    fn re_sending_what_the_vault_holds_changes_nothing() {
+        let held = |expires_at| VaultCookie {
+            name: "PHPSESSID".into(),
+            value: "abc".into(),
+            path: "/".into(),
+            expires_at,
+        };
+        let set = |c: VaultCookie| VaultChange::Set(c);
+        let slack = 60_000;
+        let vault = vec![held(None)];
+        assert!(unchanged_by(&vault, &[set(held(None))], NOW, slack));
+        assert!(unchanged_by(&vault, &[], NOW, slack));
+        let other = VaultChange::Remove {
+            name: "JSESSIONID".into(),
+            path: "/".into(),
+        };
+        assert!(
+            unchanged_by(&vault, &[other], NOW, slack),
+            "removing what is not held"
+        );
+        // A new value, a new path, a removal, an expiry appearing: all real changes.
+        let new_value = VaultCookie {
+            value: "def".into(),
+            ..held(None)
+        };
+        assert!(!unchanged_by(&vault, &[set(new_value)], NOW, slack));
+        let new_path = VaultCookie {
+            path: "/shop".into(),
+            ..held(None)
+        };
+        assert!(!unchanged_by(&vault, &[set(new_path)], NOW, slack));
+        let removal = VaultChange::Remove {
+            name: "PHPSESSID".into(),
+            path: "/".into(),
+        };
+        assert!(!unchanged_by(&vault, &[removal], NOW, slack));
+        assert!(!unchanged_by(
+            &vault,
+            &[set(held(Some(NOW + 600_000)))],
+            NOW,
+            slack
+        ));
+
+        // An expiry moved forward is bookkeeping while the held one runs past the slack,
+        // and a change once it would lapse first; moved back, it is always a change.
+        let rolling = vec![held(Some(NOW + 300_000))];
+        assert!(unchanged_by(
+            &rolling,
+            &[set(held(Some(NOW + 360_000)))],
+            NOW,
+            slack
+        ));
+        assert!(!unchanged_by(
+            &rolling,
+            &[set(held(Some(NOW + 360_000)))],
+            NOW + 250_000,
+            slack
+        ));
+        assert!(!unchanged_by(
+            &rolling,
+            &[set(held(Some(NOW + 200_000)))],
+            NOW,
+            slack
+        ));
+        assert!(!unchanged_by(&rolling, &[set(held(None))], NOW, slack));
     }
 
     #[test]

@@ -1,24 +1,34 @@
 #!/usr/bin/env bash
-# Load comparison: the upstream alone, sessiongate in front of it, nginx in front of it.
+# Per-core cost: sessiongate against nginx, each pinned to ONE core (taskset), with wrk
+# and the upstream pinned to the other, so that neither proxy borrows a core the other
+# did not get.
 #
-# Same load for all three: wrk, keep-alive GET, TLS for the two proxies (plain HTTP for
-# the upstream alone). Both proxies run ONE worker (sessiongate: worker_threads = 1;
-# nginx: worker_processes 1), forward with upstream keep-alive, harden the upstream's
-# Set-Cookie (nginx: proxy_cookie_flags ~ secure httponly samesite=lax) and log only
-# warnings (no access log for either). Prints req/s and p50/p99 latency per target and
-# the sessiongate/nginx ratio.
+# Same load for both: wrk, TLS keep-alive GET, CONNECTIONS connections. Both run one
+# worker (sessiongate: worker_threads = 1; nginx: worker_processes 1), keep upstream
+# connections alive and harden the upstream's Set-Cookie (nginx: proxy_cookie_flags).
+# The upstream re-sets its cookie on every response, as PHP and express-session with
+# `rolling` do. Variants, each a fresh process:
+#   nginx, no access log           | sessiongate, session route, log level warn
+#   nginx, access log to a file    | sessiongate, session route, default access log to a file
+#                                  | sessiongate, plain route (no session), warn
+# On the session route wrk carries one live sessiongate session whose app cookie is
+# vaulted. Each variant runs RUNS times (interleaved); the table gives the median of each
+# figure: req/s, p50/p99 latency and the proxy's user and system CPU per request
+# (from /proc/PID/stat), and the ratios.
 #
-# Usage: bash benches/load/load.sh        (DURATION=20s CONNECTIONS=64 WRK_THREADS=1 to change)
+# Usage: bash benches/load/load.sh   (DURATION=10s CONNECTIONS=32 RUNS=3 PROXY_CPU=0 LOAD_CPU=1)
 # Installs wrk, nginx and openssl from Debian's packages when missing. Loopback only.
 set -euo pipefail
 
-DURATION=${DURATION:-15s}
-CONNECTIONS=${CONNECTIONS:-64}
-WRK_THREADS=${WRK_THREADS:-1}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+RUNS=${RUNS:-3}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
 cd "$(dirname "$0")/../.."
 
 missing=()
-for tool in wrk nginx openssl; do
+for tool in wrk nginx openssl taskset; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then
@@ -27,17 +37,23 @@ if ((${#missing[@]})); then
   apt-get update -qq >/dev/null
   # policy-rc.d keeps the package from starting a system nginx on port 80.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  apt-get install -y -qq "${missing[@]}" >/dev/null
+  apt-get install -y -qq wrk nginx openssl util-linux >/dev/null
   rm -f /usr/sbin/policy-rc.d
 fi
 
 cargo build --release --quiet --bin sessiongate --example bench-upstream
 
 work=$(mktemp -d)
-pids=()
+up_pid=""
+proxy_pids=()
+stop_proxy() {
+  for p in "${proxy_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${proxy_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  proxy_pids=()
+}
 cleanup() {
-  [ -n "${KEEP:-}" ] && return
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  stop_proxy
+  [ -n "$up_pid" ] && kill "$up_pid" 2>/dev/null
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -56,14 +72,13 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj /CN=localhost -addext subjectAltName=DNS:localhost \
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 
-up_port=$(free_port); sg_port=$(free_port); nx_port=$(free_port)
-
-./target/release/examples/bench-upstream "$up_port" & pids+=($!)
+up_port=$(free_port); port=$(free_port)
+taskset -c "$LOAD_CPU" ./target/release/examples/bench-upstream "$up_port" & up_pid=$!
 wait_port "$up_port"
 
 cat > "$work/sessiongate.toml" <<TOML
 [server]
-listen = "127.0.0.1:$sg_port"
+listen = "127.0.0.1:$port"
 worker_threads = 1
 [[tls.certificates]]
 cert = "$work/cert.pem"
@@ -71,23 +86,29 @@ key = "$work/key.pem"
 [upstream]
 pool_max_idle_per_host = 256
 [[routes]]
+name = "plain"
+path_prefix = "/plain/"
 upstream = "http://127.0.0.1:$up_port"
+[[routes]]
+name = "session"
+upstream = "http://127.0.0.1:$up_port"
+[routes.session]
+vault = ["session"]
 TOML
-RUST_LOG=warn ./target/release/sessiongate --config "$work/sessiongate.toml" & pids+=($!)
-wait_port "$sg_port"
 
-mkdir -p "$work/nginx/logs"
-cat > "$work/nginx.conf" <<NGINX
+nginx_conf() { # access_log directive
+  mkdir -p "$work/nginx/logs"
+  cat > "$work/nginx.conf" <<NGINX
 worker_processes 1;
 daemon off;
 pid $work/nginx.pid;
 error_log $work/nginx/logs/error.log warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  $1
   upstream app { server 127.0.0.1:$up_port; keepalive 256; }
   server {
-    listen 127.0.0.1:$nx_port ssl;
+    listen 127.0.0.1:$port ssl;
     http2 on;
     ssl_certificate $work/cert.pem;
     ssl_certificate_key $work/key.pem;
@@ -104,49 +125,128 @@ http {
   }
 }
 NGINX
-# Debian 12's nginx 1.22 predates `http2 on;`; fall back to the listen flag.
-if ! nginx -t -c "$work/nginx.conf" -p "$work/nginx" >/dev/null 2>&1; then
-  sed -i -e '/http2 on;/d' -e "s/listen 127.0.0.1:$nx_port ssl;/listen 127.0.0.1:$nx_port ssl http2;/" "$work/nginx.conf"
-fi
-nginx -c "$work/nginx.conf" -p "$work/nginx" & pids+=($!)
-wait_port "$nx_port"
+  # Debian 12's nginx 1.22 predates `http2 on;`; fall back to the listen flag.
+  if ! nginx -t -c "$work/nginx.conf" -p "$work/nginx" >/dev/null 2>&1; then
+    sed -i -e '/http2 on;/d' -e "s/listen 127.0.0.1:$port ssl;/listen 127.0.0.1:$port ssl http2;/" "$work/nginx.conf"
+  fi
+}
 
-# Sanity: both proxies forward and harden the cookie.
-for url in "https://localhost:$sg_port/" "https://localhost:$nx_port/"; do
-  curl -sk -D - -o /dev/null "$url" | grep -qi 'set-cookie:.*httponly' \
-    || { echo "sanity check failed for $url" >&2; exit 1; }
+# Starts a variant's proxy on PROXY_CPU; sets proxy_pid (the process doing the work).
+start() { # variant
+  case "$1" in
+    nginx-log|nginx-nolog)
+      if [ "$1" = nginx-log ]; then nginx_conf "access_log $work/nginx-access.log;"; else nginx_conf "access_log off;"; fi
+      taskset -c "$PROXY_CPU" nginx -c "$work/nginx.conf" -p "$work/nginx" & proxy_pids+=($!)
+      wait_port "$port"
+      proxy_pid=""
+      for _ in $(seq 50); do
+        proxy_pid=$(pgrep -P "${proxy_pids[0]}" | head -n1) && break
+        sleep 0.1
+      done
+      [ -n "$proxy_pid" ] || { echo "nginx started no worker" >&2; exit 1; }
+      ;;
+    sg-log)
+      # The default: info, which writes one access line per request.
+      env -u RUST_LOG taskset -c "$PROXY_CPU" ./target/release/sessiongate --config "$work/sessiongate.toml" \
+        2>>"$work/sg-access.log" & proxy_pids+=($!)
+      wait_port "$port"; proxy_pid=${proxy_pids[0]}
+      ;;
+    sg-nolog|sg-plain)
+      RUST_LOG=warn taskset -c "$PROXY_CPU" ./target/release/sessiongate --config "$work/sessiongate.toml" \
+        2>>"$work/sg-warn.log" & proxy_pids+=($!)
+      wait_port "$port"; proxy_pid=${proxy_pids[0]}
+      ;;
+  esac
+}
+
+url_of() { # variant
+  case "$1" in
+    sg-plain) echo "https://localhost:$port/plain/" ;;
+    *) echo "https://localhost:$port/" ;;
+  esac
+}
+
+# The header wrk sends: on the session route, one live session (its app cookie vaulted).
+cookie_for() { # variant
+  case "$1" in
+    sg-log|sg-nolog)
+      local id
+      id=$(curl -sk -D - -o /dev/null "https://localhost:$port/" | tr -d '\r' \
+        | awk -F'[=;]' 'tolower($1) ~ /^set-cookie: __host-sg$/ { print $2 }')
+      [ -n "$id" ] || { echo "no sessiongate session was started" >&2; exit 1; }
+      echo "Cookie: __Host-sg=$id"
+      ;;
+    *) echo "X-Bench: 1" ;;
+  esac
+}
+
+# user and system clock ticks a process has used so far.
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+variants=(nginx-nolog sg-nolog nginx-log sg-log sg-plain)
+declare -A results # "variant run" -> "rps p50_ms p99_ms user_us sys_us"
+for run in $(seq "$RUNS"); do
+  for v in "${variants[@]}"; do
+    start "$v"
+    header=$(cookie_for "$v")
+    url=$(url_of "$v")
+    # Sanity: the proxy forwards and hardens the app's cookie (sessiongate vaults it).
+    curl -sk -o /dev/null -w '%{http_code}' -H "$header" "$url" | grep -q 200 \
+      || { echo "sanity check failed for $v" >&2; exit 1; }
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d2s -H "$header" "$url" >/dev/null 2>&1
+    read -r u0 s0 < <(ticks "$proxy_pid")
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "$header" "$url" > "$work/wrk.txt" 2>&1
+    read -r u1 s1 < <(ticks "$proxy_pid")
+    if grep -q 'Non-2xx\|Socket errors' "$work/wrk.txt"; then
+      grep 'Non-2xx\|Socket errors' "$work/wrk.txt" | sed "s/^/$v: /" >&2
+    fi
+    results["$v $run"]=$(awk -v du=$((u1 - u0)) -v ds=$((s1 - s0)) -v hz="$hz" '
+      function ms(x) { if (x ~ /us$/) return x / 1000; if (x ~ /ms$/) return x + 0; if (x ~ /s$/) return x * 1000; return x }
+      /requests in/ { n = $1 }
+      /^Requests\/sec:/ { rps = $2 }
+      $1 == "50%" { p50 = ms($2) }
+      $1 == "99%" { p99 = ms($2) }
+      END { printf "%.0f %.3f %.3f %.2f %.2f", rps, p50, p99, du / hz * 1e6 / n, ds / hz * 1e6 / n }' "$work/wrk.txt")
+    echo "run $run $v: ${results["$v $run"]}" >&2
+    stop_proxy
+  done
 done
 
-# CPU time (user+sys clock ticks) a process has used so far.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hz=$(getconf CLK_TCK)
-sg_pid=${pids[1]}
-nx_pid=$(pgrep -f "nginx: worker process" | head -n1)
-
-declare -A rps p50 p99 cpu
-run() { # name url [pid whose CPU per request to report]
-  local out before=0 reqs
-  [ -n "${3:-}" ] && before=$(ticks "$3")
-  wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$2" > "$work/$1.txt" 2>&1
-  out=$(cat "$work/$1.txt")
-  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  cpu[$1]="-"
-  [ -n "${3:-}" ] && cpu[$1]=$(awk -v t=$(( $(ticks "$3") - before )) -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
-  rps[$1]=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-  p50[$1]=$(awk '$1=="50%" {print $2}' <<<"$out")
-  p99[$1]=$(awk '$1=="99%" {print $2}' <<<"$out")
-  if grep -q 'Non-2xx\|Socket errors' <<<"$out"; then grep 'Non-2xx\|Socket errors' <<<"$out" | sed "s/^/$1: /" >&2; fi
+median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+# The median over the runs of field F (1 req/s, 2 p50, 3 p99, 4 user, 5 sys) of a variant.
+med() { # variant field
+  for run in $(seq "$RUNS"); do awk -v f="$2" '{ print $f }' <<<"${results["$1 $run"]}"; done | median
 }
-run upstream "http://127.0.0.1:$up_port/"
-run sessiongate "https://localhost:$sg_port/" "$sg_pid"
-run nginx "https://localhost:$nx_port/" "$nx_pid"
+# The median over the runs of the per-run ratio a/b of req/s.
+ratio() { # a b
+  for run in $(seq "$RUNS"); do
+    awk -v a="${results["$1 $run"]%% *}" -v b="${results["$2 $run"]%% *}" 'BEGIN { printf "%.3f\n", a / b }'
+  done | median
+}
 
 echo
-echo "wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, keep-alive GET; $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-row() { printf '| %-28s | %10s | %8s | %8s | %14s |\n' "$@"; }
-row target req/s p50 p99 "proxy CPU/req"
-printf '|%s|%s|%s|%s|%s|\n' ------------------------------ ------------ ---------- ---------- ----------------
-row "upstream alone (plain HTTP)" "${rps[upstream]}" "${p50[upstream]}" "${p99[upstream]}" "-"
-row "sessiongate, 1 thread, TLS" "${rps[sessiongate]}" "${p50[sessiongate]}" "${p99[sessiongate]}" "${cpu[sessiongate]} us"
-row "nginx, 1 worker, TLS" "${rps[nginx]}" "${p50[nginx]}" "${p99[nginx]}" "${cpu[nginx]} us"
-awk -v s="${rps[sessiongate]}" -v n="${rps[nginx]}" 'BEGIN { printf "sessiongate/nginx req/s ratio: %.2f\n", s / n }'
+echo "Pinned: proxy on CPU $PROXY_CPU, wrk and upstream on CPU $LOAD_CPU; wrk -t1 -c$CONNECTIONS -d$DURATION, TLS keep-alive GET;"
+echo "median of $RUNS runs; $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(nginx -v 2>&1)"
+echo
+echo "| variant | req/s | p50 | p99 | user CPU/req | sys CPU/req |"
+echo "|---|---|---|---|---|---|"
+label() {
+  case "$1" in
+    nginx-nolog) echo "nginx, 1 worker, no access log" ;;
+    nginx-log) echo "nginx, 1 worker, access log to a file" ;;
+    sg-nolog) echo "sessiongate, 1 worker, session route, log level warn" ;;
+    sg-log) echo "sessiongate, 1 worker, session route, access log to a file" ;;
+    sg-plain) echo "sessiongate, 1 worker, plain route (no session), warn" ;;
+  esac
+}
+for v in nginx-nolog sg-nolog sg-plain nginx-log sg-log; do
+  printf '| %s | %s | %s ms | %s ms | %s us | %s us |\n' "$(label "$v")" "$(med "$v" 1)" \
+    "$(med "$v" 2)" "$(med "$v" 3)" "$(med "$v" 4)" "$(med "$v" 5)"
+done
+echo
+echo "sessiongate/nginx req/s (median of the per-run ratios):"
+echo "  access logs on, session route: $(ratio sg-log nginx-log)"
+echo "  logs off, session route:       $(ratio sg-nolog nginx-nolog)"
+echo "  logs off, plain route:         $(ratio sg-plain nginx-nolog)"
+echo "access log bytes per request: nginx $(awk -v b="$(stat -c %s "$work/nginx-access.log")" -v n="$(wc -l <"$work/nginx-access.log")" 'BEGIN { printf "%.0f", b / n }'), sessiongate $(awk -v b="$(stat -c %s "$work/sg-access.log")" -v n="$(grep -c access "$work/sg-access.log")" 'BEGIN { printf "%.0f", b / n }')"

@@ -1,5 +1,5 @@
-//! A test double for the store layers (cache, deferred writes): a memory store that
-//! counts what reaches it, can be slow, and can fail its creations.
+//! A test double for the store layers (cache, deferred writes) and the lifecycle: a
+//! memory store that counts what reaches it, can be slow, and can fail its creations.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -19,6 +19,8 @@ pub(crate) struct Instrumented {
     pub loads: AtomicUsize,
     /// Creations that reached the store (not counting the failed ones).
     pub creates: AtomicUsize,
+    pub merges: AtomicUsize,
+    pub touches: AtomicUsize,
     pub load_delay: Duration,
     pub create_delay: Duration,
     /// While set, every creation fails with a timeout.
@@ -47,9 +49,11 @@ impl SessionStore for Instrumented {
         n: u64,
         e: u64,
     ) -> Result<Option<SessionRecord>, StoreError> {
+        self.merges.fetch_add(1, Ordering::SeqCst);
         self.inner.merge_vault(k, c, n, e).await
     }
     async fn touch(&self, k: &SessionKey, n: u64, e: u64) -> Result<(), StoreError> {
+        self.touches.fetch_add(1, Ordering::SeqCst);
         self.inner.touch(k, n, e).await
     }
     async fn claim_login(

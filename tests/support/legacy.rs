@@ -159,6 +159,13 @@ async fn handle(
             let user = sessions.lock().unwrap().get(&sid).cloned().flatten();
             (200, None, user.unwrap_or_else(|| "anonymous".into()))
         }
+        // The same, from an app that re-sends its session cookie on every response
+        // (PHP, express-session with `rolling`, Django's SESSION_SAVE_EVERY_REQUEST).
+        ("GET", "/whoami-rolling") => {
+            set_cookies.push(format!("SID={sid}; Path=/; HttpOnly"));
+            let user = sessions.lock().unwrap().get(&sid).cloned().flatten();
+            (200, None, user.unwrap_or_else(|| "anonymous".into()))
+        }
         ("POST", "/login") => {
             let form: HashMap<String, String> =
                 form_urlencoded::parse(&body).into_owned().collect();

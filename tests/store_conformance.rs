@@ -264,16 +264,23 @@ mod checks {
         assert_eq!(store.load(&k).await.unwrap(), Lookup::Live(rec));
     }
 
-    pub async fn create_existing_conflicts(store: Arc<dyn SessionStore>) {
+    /// Creates a session, then another record on its key: a conflict, the first record
+    /// kept. Returns the key and the refused record.
+    async fn second_create_conflicts(store: &dyn SessionStore) -> (SessionKey, SessionRecord) {
         let first = record(T0);
-        let k = created(&*store, &first).await;
+        let k = created(store, &first).await;
         let mut second = record(T0 + 5);
         second.subject = Some("mallory".into());
         assert!(matches!(
             store.create(&k, &second).await,
             Err(StoreError::Conflict)
         ));
-        assert_eq!(live(&*store, &k).await, first, "the first record is kept");
+        assert_eq!(live(store, &k).await, first, "the first record is kept");
+        (k, second)
+    }
+
+    pub async fn create_existing_conflicts(store: Arc<dyn SessionStore>) {
+        let (k, second) = second_create_conflicts(&*store).await;
 
         // A tombstone occupies its key too.
         assert!(store
@@ -295,15 +302,7 @@ mod checks {
     /// bug), so such a create over a durable key may be accepted; it can still never
     /// bring that key back: the next operation finds the durable tombstone.
     pub async fn create_over_a_durable_key_never_revives_it(store: Arc<dyn SessionStore>) {
-        let first = record(T0);
-        let k = created(&*store, &first).await;
-        let mut second = record(T0 + 5);
-        second.subject = Some("mallory".into());
-        assert!(matches!(
-            store.create(&k, &second).await,
-            Err(StoreError::Conflict)
-        ));
-        assert_eq!(live(&*store, &k).await, first, "the first record is kept");
+        let (k, second) = second_create_conflicts(&*store).await;
         let mut signed_in = record(T0 + 6);
         signed_in.authenticated = true;
         assert!(

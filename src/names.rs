@@ -110,14 +110,31 @@ impl NameGuard {
 
     /// Whether `name`, under any reading, is one of the protected names.
     pub fn matches(&self, name: &[u8]) -> bool {
-        !self.keys.is_empty()
-            && name.len().saturating_mul(2) >= self.shortest
-            && keys(name).iter().any(|k| self.keys.contains(k))
+        if self.keys.is_empty() || name.len().saturating_mul(2) < self.shortest {
+            return false;
+        }
+        if is_plain(name) {
+            // Every reading of a plain name is the name itself: one comparison per key,
+            // without the readings' allocations (the common case on every request).
+            return self.keys.iter().any(|k| k.eq_ignore_ascii_case(name));
+        }
+        keys(name).iter().any(|k| self.keys.contains(k))
     }
+}
+
+/// A name no reading changes but for case: ASCII letters, digits, `_` and `-` only (no
+/// escape, `+`, space, `.`, `[`, NUL, whitespace or non-ASCII byte for a reading to act
+/// on). `names::tests::plain_names_read_only_as_themselves` holds [`READINGS`] to it.
+fn is_plain(name: &[u8]) -> bool {
+    name.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A name's readings, lower-cased, deduplicated.
 pub fn keys(name: &[u8]) -> Vec<Vec<u8>> {
+    if is_plain(name) {
+        return vec![name.to_ascii_lowercase()];
+    }
     let mut out: Vec<Vec<u8>> = Vec::with_capacity(READINGS.len());
     for r in READINGS {
         let mut k = (r.apply)(name).into_owned();
@@ -232,6 +249,67 @@ pub fn names_field(guard: &NameGuard, name: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The slow path: every reading, without the plain-name shortcut.
+    fn all_readings(name: &[u8]) -> Vec<Vec<u8>> {
+        READINGS
+            .iter()
+            .map(|r| {
+                let mut k = (r.apply)(name).into_owned();
+                k.make_ascii_lowercase();
+                k
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// The shortcut in `keys` and `matches` is right only while no reading changes a
+        /// plain name: a reading added later that does fails here.
+        #[test]
+        fn plain_names_read_only_as_themselves(
+            base in "[A-Za-z0-9_-]{1,12}",
+            special in prop::sample::select(vec!["", ".", "%", "%41", "+", " ", "[", "]", "\0", "\t", "\u{a0}", "\u{3000}"]),
+            at in 0usize..12,
+        ) {
+            // A name with one byte a reading might act on, or none: whatever `is_plain`
+            // lets through must read only as itself.
+            let mut name = base;
+            name.insert_str(at.min(name.len()), special);
+            if is_plain(name.as_bytes()) {
+                let lower = name.to_ascii_lowercase().into_bytes();
+                for k in all_readings(name.as_bytes()) {
+                    prop_assert_eq!(&k, &lower, "name {:?}", name);
+                }
+                prop_assert_eq!(keys(name.as_bytes()), vec![lower]);
+            }
+        }
+
+        /// Names made from the vaulted one by the substitutions the readings undo (and
+        /// some they do not), so that both answers come up often.
+        #[test]
+        fn the_shortcut_answers_as_the_readings_do(
+            vaulted in prop::sample::select(vec!["ab", "a_b", "a.b", "a-b", "a b"]),
+            swaps in prop::collection::vec(
+                prop::sample::select(vec!["", "_", ".", " ", "+", "-", "%2E", "%5F", "%20", "A", "B"]),
+                3,
+            ),
+            affix in prop::sample::select(vec!["", " ", "%20", "[x]", "%00", "\u{a0}"]),
+        ) {
+            let g = NameGuard::new([vaulted]);
+            let mut name = String::new();
+            for (i, c) in vaulted.chars().enumerate() {
+                match swaps.get(i).copied().filter(|s| !s.is_empty()) {
+                    Some(s) => name.push_str(s),
+                    None => name.push(c),
+                }
+            }
+            name.push_str(affix);
+            let vaulted_keys = all_readings(vaulted.as_bytes());
+            let slow = all_readings(name.as_bytes()).iter().any(|k| vaulted_keys.contains(k));
+            prop_assert_eq!(g.matches(name.as_bytes()), slow, "name {:?}", name);
+        }
+    }
 
     fn guard() -> NameGuard {
         NameGuard::new(["PHPSESSID", "my_sid", "connect.sid"])

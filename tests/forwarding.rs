@@ -108,12 +108,19 @@ async fn x_forwarded_append_and_none_modes() {
             .header("host", "localhost")
             .header("x-forwarded-for", "10.0.0.1")
             .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "lb.example")
+            .header("x-real-ip", "10.0.0.1")
+            .header("x-original-url", "/admin")
             .body(full_body(""))
             .unwrap()
     };
     proxy.h1().await.send(req("/append")).await;
     let seen = up.last();
     assert_eq!(seen.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    // Behind a trusted balancer its forwarding headers stay; a path override never does.
+    assert_eq!(seen.headers["x-real-ip"], "10.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-host"], "lb.example");
+    assert!(!seen.headers.contains_key("x-original-url"));
     assert_eq!(
         seen.headers["host"],
         up.addr.to_string(),
@@ -122,8 +129,15 @@ async fn x_forwarded_append_and_none_modes() {
 
     proxy.h1().await.send(req("/none")).await;
     let seen = up.last();
-    assert!(!seen.headers.contains_key("x-forwarded-for"));
-    assert!(!seen.headers.contains_key("x-forwarded-proto"));
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-real-ip",
+        "x-original-url",
+    ] {
+        assert!(!seen.headers.contains_key(name), "{name} reached the app");
+    }
 }
 
 #[tokio::test]

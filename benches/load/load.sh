@@ -17,6 +17,8 @@
 # (from /proc/PID/stat), and the ratios.
 #
 # Usage: bash benches/load/load.sh   (DURATION=10s CONNECTIONS=32 RUNS=3 PROXY_CPU=0 LOAD_CPU=1)
+# For a before/after comparison of one change: SESSIONGATE_BIN=path/to/old/binary and
+# VARIANTS="nginx-log sg-log" (nginx stays the yardstick for the machine's noise).
 # Installs wrk, nginx and openssl from Debian's packages when missing. Loopback only.
 set -euo pipefail
 
@@ -42,6 +44,7 @@ if ((${#missing[@]})); then
 fi
 
 cargo build --release --quiet --bin sessiongate --example bench-upstream
+SESSIONGATE_BIN=${SESSIONGATE_BIN:-./target/release/sessiongate}
 
 work=$(mktemp -d)
 up_pid=""
@@ -140,12 +143,12 @@ start() { # variant
       ;;
     sg-log)
       # The default: info, which writes one access line per request.
-      env -u RUST_LOG taskset -c "$PROXY_CPU" ./target/release/sessiongate --config "$work/sessiongate.toml" \
+      env -u RUST_LOG taskset -c "$PROXY_CPU" "$SESSIONGATE_BIN" --config "$work/sessiongate.toml" \
         2>>"$work/sg-access.log" & proxy_pids+=($!)
       wait_port "$port"; proxy_pid=${proxy_pids[0]}
       ;;
     sg-nolog|sg-plain)
-      RUST_LOG=warn taskset -c "$PROXY_CPU" ./target/release/sessiongate --config "$work/sessiongate.toml" \
+      RUST_LOG=warn taskset -c "$PROXY_CPU" "$SESSIONGATE_BIN" --config "$work/sessiongate.toml" \
         2>>"$work/sg-warn.log" & proxy_pids+=($!)
       wait_port "$port"; proxy_pid=${proxy_pids[0]}
       ;;
@@ -177,7 +180,7 @@ cookie_for() { # variant
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
-variants=(nginx-nolog sg-nolog nginx-log sg-log sg-plain)
+read -r -a variants <<< "${VARIANTS:-nginx-nolog sg-nolog nginx-log sg-log sg-plain}"
 declare -A results # "variant run" -> "rps p50_ms p99_ms user_us sys_us"
 for run in $(seq "$RUNS"); do
   for v in "${variants[@]}"; do
@@ -233,13 +236,22 @@ label() {
     sg-plain) echo "sessiongate, 1 worker, plain route (no session), warn" ;;
   esac
 }
+measured() { [[ " ${variants[*]} " == *" $1 "* ]]; }
 for v in nginx-nolog sg-nolog sg-plain nginx-log sg-log; do
+  measured "$v" || continue
   printf '| %s | %s | %s ms | %s ms | %s us | %s us |\n' "$(label "$v")" "$(med "$v" 1)" \
     "$(med "$v" 2)" "$(med "$v" 3)" "$(med "$v" 4)" "$(med "$v" 5)"
 done
 echo
 echo "sessiongate/nginx req/s (median of the per-run ratios):"
-echo "  access logs on, session route: $(ratio sg-log nginx-log)"
-echo "  logs off, session route:       $(ratio sg-nolog nginx-nolog)"
-echo "  logs off, plain route:         $(ratio sg-plain nginx-nolog)"
-echo "access log bytes per request: nginx $(awk -v b="$(stat -c %s "$work/nginx-access.log")" -v n="$(wc -l <"$work/nginx-access.log")" 'BEGIN { printf "%.0f", b / n }'), sessiongate $(awk -v b="$(stat -c %s "$work/sg-access.log")" -v n="$(grep -c access "$work/sg-access.log")" 'BEGIN { printf "%.0f", b / n }')"
+for pair in "sg-log nginx-log access logs on, session route:" "sg-nolog nginx-nolog logs off, session route:      " \
+  "sg-plain nginx-nolog logs off, plain route:        "; do
+  read -r a b text <<<"$pair"
+  measured "$a" && measured "$b" && echo "  $text $(ratio "$a" "$b")"
+done
+bytes_per_line() { # file pattern
+  awk -v b="$(stat -c %s "$1")" -v n="$(grep -c "$2" "$1")" 'BEGIN { printf "%.0f", b / n }'
+}
+if measured nginx-log && measured sg-log; then
+  echo "access log bytes per request: nginx $(bytes_per_line "$work/nginx-access.log" .), sessiongate $(bytes_per_line "$work/sg-access.log" access)"
+fi

@@ -21,6 +21,7 @@ pub mod forms;
 pub mod inflight;
 pub mod limit;
 pub mod listener;
+pub mod logging;
 pub mod names;
 pub mod rotate;
 pub mod router;

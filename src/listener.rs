@@ -229,7 +229,7 @@ async fn serve_http<IO, H: Handler>(
             Some(h) if h.is_parse() || h.is_parse_too_large() => {
                 let status = if h.is_parse_too_large() { 431 } else { 400 };
                 warn!(peer = %conn.peer, error = %e, status, "request refused while parsing its head");
-                info!(target: "access", route = "-", method = "-", path = "-", status, peer = %conn.peer.ip(), "unparseable request");
+                info!(target: crate::logging::ACCESS, route = "-", method = "-", path = "-", status, peer = %conn.peer.ip(), "unparseable request");
             }
             // Clients going away mid-request is routine; keep it out of the warn level.
             _ => debug!(peer = %conn.peer, error = %e, "connection ended with an error"),

@@ -46,7 +46,7 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Held to the end of `main`: dropping it flushes the lines still queued.
-    let _log_writer = init_logging(cli.log_format);
+    let _log_writer = sessiongate::logging::init(matches!(cli.log_format, LogFormat::Json));
     match cli.command {
         Some(Command::Check) => check(&cli),
         None => match run(&cli) {
@@ -57,35 +57,6 @@ fn main() -> ExitCode {
             }
         },
     }
-}
-
-/// The filter when `RUST_LOG` is not set: the access and audit lines, and no dependency
-/// chatter. rustls warns once per client that sends an IP address as SNI (load tools,
-/// some monitors do), which would flood the log; its errors still show.
-const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
-
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    // Lines are written by a thread of their own, so that a request never waits on the
-    // disk or a slow pipe. Not lossy: with its queue full a request waits rather than
-    // the line being dropped (access and audit lines are the operator's evidence).
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stderr());
-    // Colour only for a person at a terminal: in a file or a log collector the escape
-    // codes are noise (they tripled the size of an access line).
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    guard
 }
 
 fn check(cli: &Cli) -> ExitCode {

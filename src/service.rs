@@ -57,6 +57,7 @@ use crate::forms::{self, BodyKind, Inspect};
 use crate::inflight::{Closing, InFlight, Ticket};
 use crate::limit;
 use crate::listener::{ConnInfo, Handler};
+use crate::logging::Millis;
 use crate::names::NameGuard;
 use crate::rotate::{self, Current, Resolved, Sessions};
 use crate::router::Router;
@@ -236,18 +237,15 @@ impl AppState {
         });
         self.metrics
             .count_request(&route_name, resp.status().as_u16());
-        let upstream_ms = resp
-            .extensions()
-            .get::<UpstreamTime>()
-            .map_or(-1.0, |t| t.0.as_secs_f64() * 1000.0);
+        let upstream = resp.extensions().get::<UpstreamTime>().map(|t| t.0);
         info!(
-            target: "access",
+            target: crate::logging::ACCESS,
             route = %route_name,
             %method,
             path = %raw_path,
             status = resp.status().as_u16(),
-            latency_ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
-            upstream_ms = format_args!("{upstream_ms:.3}"),
+            latency_ms = %Millis(Some(started.elapsed())),
+            upstream_ms = %Millis(upstream),
             peer = %conn.peer.ip(),
         );
         Ok(resp)

@@ -11,7 +11,7 @@
 # access log. With PROFILE=1 it also prints the top functions (inclusive) of each variant.
 #
 # Usage: bash benches/load/callgrind.sh   (REQUESTS=1000 WARMUP=200 VARIANTS="session plain session-log"
-#        SESSIONGATE_BIN=path/to/binary PROFILE=1)
+#        SESSIONGATE_BIN=path/to/binary PROFILE=1 KEEP_DIR=dir to keep the callgrind files)
 # Installs valgrind and curl from Debian's packages when missing. Loopback only.
 set -euo pipefail
 REQUESTS=${REQUESTS:-1000}
@@ -113,6 +113,9 @@ TOML
   if [ "${PROFILE:-0}" = 1 ]; then
     callgrind_annotate --inclusive=yes "$(ls -t "$out".* | head -n1)" 2>/dev/null \
       | sed -n '/^Ir/,$p' | head -n 60
+  fi
+  if [ -n "${KEEP_DIR:-}" ]; then
+    mkdir -p "$KEEP_DIR" && cp "$(ls -t "$out".* | head -n1)" "$KEEP_DIR/callgrind.$1"
   fi
   kill "$vg" 2>/dev/null || true
   wait "$vg" 2>/dev/null || true

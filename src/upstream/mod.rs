@@ -1,6 +1,6 @@
-//! Forwarding to the app: one pooled hyper-util client for every route, request
-//! rewriting (URI, Host, hop-by-hop headers, X-Forwarded-*), deadlines, and the
-//! response-side header clean-up.
+//! Forwarding to the app: the connection pool ([`pool`]), request rewriting (target,
+//! Host, hop-by-hop headers, X-Forwarded-*), deadlines, and the response-side header
+//! clean-up.
 //!
 //! Bodies stream in both directions. The request body is capped by the route's
 //! `max_request_body` while it streams (a declared `Content-Length` over the cap is
@@ -12,10 +12,10 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::legacy::connect::HttpConnector;
+
+pub mod pool;
+use pool::{Pool, PooledBody, SendError};
 
 use crate::config::{ForwardedMode, Route, UpstreamConfig};
 use crate::error::ProxyError;
@@ -23,11 +23,15 @@ use crate::tls::TlsError;
 use crate::{Body, BoxError};
 
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    pool: Pool,
 }
 
 impl UpstreamClient {
-    pub fn new(cfg: &UpstreamConfig) -> Result<UpstreamClient, TlsError> {
+    /// A client for the upstreams of these routes.
+    pub fn new(
+        cfg: &UpstreamConfig,
+        routes: &[std::sync::Arc<Route>],
+    ) -> Result<UpstreamClient, TlsError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(cfg.connect_timeout));
@@ -37,12 +41,17 @@ impl UpstreamClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            .build(https);
-        Ok(UpstreamClient { client })
+        let upstreams = routes
+            .iter()
+            .map(|r| (&r.upstream.scheme, &r.upstream.authority));
+        Ok(UpstreamClient {
+            pool: Pool::new(
+                https,
+                upstreams,
+                cfg.pool_max_idle_per_host,
+                cfg.pool_idle_timeout,
+            ),
+        })
     }
 
     /// Sends a prepared request and waits for the response head within the route's
@@ -51,19 +60,19 @@ impl UpstreamClient {
         &self,
         route: &Route,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(route.response_timeout, self.client.request(req)).await {
+    ) -> Result<Response<PooledBody>, ProxyError> {
+        let up = &route.upstream;
+        let sent = self.pool.send(&up.scheme, &up.authority, req);
+        match tokio::time::timeout(route.response_timeout, sent).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(route.response_timeout)),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(route, e)),
+            Ok(Err(SendError::Connect(e))) => Err(ProxyError::UpstreamConnect(e)),
+            Ok(Err(SendError::Http(e))) => Err(classify(route, e)),
         }
     }
 }
 
-fn classify(route: &Route, e: hyper_util::client::legacy::Error) -> ProxyError {
-    if e.is_connect() {
-        return ProxyError::UpstreamConnect(e.into());
-    }
+fn classify(route: &Route, e: hyper::Error) -> ProxyError {
     // The request body hit the route's cap, or failed, while streaming: the client's.
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = source {
@@ -210,7 +219,7 @@ pub fn prepare_request(
     body: Body,
     out: &Outgoing<'_>,
 ) -> Result<Request<Body>, ProxyError> {
-    parts.uri = upstream_uri(route, out.path_and_query)?;
+    parts.uri = upstream_target(route, out.path_and_query)?;
     // The pool speaks HTTP/1.1 to the app whatever the client spoke to us.
     parts.version = Version::HTTP_11;
 
@@ -238,14 +247,15 @@ pub fn prepare_request(
     Ok(Request::from_parts(parts, body))
 }
 
-fn upstream_uri(route: &Route, pq: &str) -> Result<Uri, ProxyError> {
-    let up = &route.upstream;
-    Uri::builder()
-        .scheme(up.scheme.clone())
-        .authority(up.authority.clone())
-        .path_and_query(format!("{}{}", up.base_path, pq))
-        .build()
-        .map_err(|_| ProxyError::BadRequest("invalid request target"))
+/// The origin-form target the app gets: the upstream's base path, then the canonical
+/// path and query.
+fn upstream_target(route: &Route, pq: &str) -> Result<Uri, ProxyError> {
+    let base = &route.upstream.base_path;
+    let target = match base.is_empty() {
+        true => Uri::try_from(pq),
+        false => Uri::try_from(format!("{base}{pq}")),
+    };
+    target.map_err(|_| ProxyError::BadRequest("invalid request target"))
 }
 
 /// Headers with which some apps override the path they route on (IIS, Symfony, Zend):
@@ -331,7 +341,7 @@ fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
 }
 
 /// Cleans the app's response head for the client and puts an idle deadline on its body.
-pub fn prepare_response(resp: Response<Incoming>, idle: Duration) -> Response<Body> {
+pub fn prepare_response(resp: Response<PooledBody>, idle: Duration) -> Response<Body> {
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, switching);

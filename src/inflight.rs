@@ -13,11 +13,12 @@
 //! This is per replica. Across replicas the login claim in the store does the same job
 //! (see `rotate::Sessions::claim_login`), within the store cache's staleness.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 use crate::session::SessionKey;
 
@@ -26,15 +27,40 @@ pub struct InFlight {
     gates: DashMap<SessionKey, Arc<Gate>>,
 }
 
+/// A gate exists per ID with requests in flight, so one is made for nearly every request:
+/// flags and `Notify` (which allocates nothing) rather than channels.
 struct Gate {
     state: Mutex<GateState>,
     /// Wakes a closing login when the count drops.
     drained: Notify,
-    /// Flipped to `true` to cancel every admitted request.
-    cancel: watch::Sender<bool>,
-    /// Flipped to `true` at once by a login or logout: ends every stream (WebSocket
-    /// tunnel, response still streaming) opened on the ID before it.
-    ended: watch::Sender<bool>,
+    /// Set to cancel every admitted request.
+    cancel: AtomicBool,
+    /// Set at once by a login or logout: ends every stream (WebSocket tunnel, response
+    /// still streaming) opened on the ID before it.
+    ended: AtomicBool,
+    /// Wakes whoever waits for `cancel` or `ended`.
+    flagged: Notify,
+}
+
+impl Gate {
+    fn raise(&self, flag: &AtomicBool) {
+        flag.store(true, Ordering::Release);
+        self.flagged.notify_waiters();
+    }
+
+    /// Resolves once `flag` is set.
+    async fn raised(&self, flag: &AtomicBool) {
+        loop {
+            // Made before the check: `notify_waiters` wakes a `Notified` made before
+            // it even if not yet polled, so a flag set between the check and the await
+            // is not missed.
+            let notified = self.flagged.notified();
+            if flag.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -56,51 +82,54 @@ pub struct Ticket {
     key: SessionKey,
     gate: Arc<Gate>,
     owner: Arc<InFlight>,
-    cancelled: watch::Receiver<bool>,
     streaming: bool,
 }
 
 impl Ticket {
     /// Resolves when a login on this session cancels the request.
     pub async fn cancelled(&mut self) {
-        // An error means the gate is gone, which cannot happen while we hold it.
-        let _ = self.cancelled.wait_for(|c| *c).await;
+        self.gate.raised(&self.gate.cancel).await;
     }
 
     /// The app has answered, but its answer streams on (no length, or a protocol switch):
     /// a login no longer waits for it, and ends it at once.
     pub fn into_stream(mut self) -> Ticket {
-        {
+        let closing = {
             let mut st = lock(&self.gate.state);
             st.admitted = st.admitted.saturating_sub(1);
             st.streams += 1;
-        }
+            st.closed
+        };
         self.streaming = true;
-        self.gate.drained.notify_waiters();
+        if closing {
+            self.gate.drained.notify_waiters();
+        }
         self
     }
 
     /// Resolves when a login or logout on this session ends its streams.
     pub fn ended(&self) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
-        let mut rx = self.gate.ended.subscribe();
-        async move {
-            let _ = rx.wait_for(|e| *e).await;
-        }
+        let gate = self.gate.clone();
+        async move { gate.raised(&gate.ended).await }
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let now_empty = {
+        let (now_empty, closing) = {
             let mut st = lock(&self.gate.state);
             if self.streaming {
                 st.streams = st.streams.saturating_sub(1);
             } else {
                 st.admitted = st.admitted.saturating_sub(1);
             }
-            st.admitted == 0 && st.streams == 0
+            (st.admitted == 0 && st.streams == 0, st.closed)
         };
-        self.gate.drained.notify_waiters();
+        // Only a closing login waits for the count (it closed the gate before waiting,
+        // under the same lock).
+        if closing {
+            self.gate.drained.notify_waiters();
+        }
         if now_empty {
             self.owner.forget_if_idle(&self.key, &self.gate);
         }
@@ -142,8 +171,9 @@ impl InFlight {
                 Arc::new(Gate {
                     state: Mutex::new(GateState::default()),
                     drained: Notify::new(),
-                    cancel: watch::Sender::new(false),
-                    ended: watch::Sender::new(false),
+                    cancel: AtomicBool::new(false),
+                    ended: AtomicBool::new(false),
+                    flagged: Notify::new(),
                 })
             })
             .clone();
@@ -156,7 +186,6 @@ impl InFlight {
         }
         Ok(Ticket {
             key,
-            cancelled: gate.cancel.subscribe(),
             gate,
             owner: self.clone(),
             streaming: false,
@@ -166,7 +195,7 @@ impl InFlight {
     /// A logout on `key`: every stream opened on it ends now.
     pub fn end_streams(&self, key: &SessionKey) {
         if let Some(g) = self.gates.get(key) {
-            g.ended.send_replace(true);
+            g.raise(&g.ended);
         }
     }
 
@@ -182,7 +211,7 @@ impl InFlight {
             }
             st.closed = true;
         }
-        gate.ended.send_replace(true);
+        gate.raise(&gate.ended);
         let mut closing = Closing {
             key: own.key,
             gate: gate.clone(),
@@ -204,7 +233,7 @@ impl InFlight {
             // body finds its session claimed when it is done (`still_current`). The flag
             // stays set: every ticket of this gate predates the login.
             closing.cancelled = others();
-            gate.cancel.send_replace(true);
+            gate.raise(&gate.cancel);
         }
         Ok(closing)
     }

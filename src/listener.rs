@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -89,13 +90,34 @@ impl<H: Handler> Live<H> {
 pub type Shared<H> = Arc<ArcSwap<Live<H>>>;
 
 /// Facts about the downstream connection a request came in on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as text (`X-Forwarded-For`, the access log), formatted once
+    /// per connection rather than per request.
+    pub peer_ip: HeaderValue,
     pub tls: bool,
     /// Accepted under pressure: a body sessiongate reads whole must arrive within
     /// [`PRESSED_BODY_DEADLINE`].
     pub pressed: bool,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool, pressed: bool) -> ConnInfo {
+        ConnInfo {
+            peer,
+            // An IP address in text is always a valid header value.
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("-")),
+            tls,
+            pressed,
+        }
+    }
+
+    /// [`ConnInfo::peer_ip`] as a string.
+    pub fn peer_ip_str(&self) -> &str {
+        self.peer_ip.to_str().unwrap_or("-")
+    }
 }
 
 /// Connection-level HTTP settings.
@@ -180,11 +202,7 @@ async fn serve_connection<H: Handler>(
     };
     let acceptor = match (tls, &live.tls) {
         (false, _) => {
-            let conn = ConnInfo {
-                peer,
-                tls: false,
-                pressed,
-            };
+            let conn = ConnInfo::new(peer, false, pressed);
             return serve_http(TokioIo::new(tcp), conn, builder, shared.clone(), watcher).await;
         }
         (true, Some(acceptor)) => acceptor.clone(),
@@ -192,11 +210,7 @@ async fn serve_connection<H: Handler>(
     };
     match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => {
-            let conn = ConnInfo {
-                peer,
-                tls: true,
-                pressed,
-            };
+            let conn = ConnInfo::new(peer, true, pressed);
             serve_http(TokioIo::new(stream), conn, builder, shared.clone(), watcher).await
         }
         Ok(Err(e)) => {
@@ -220,7 +234,10 @@ async fn serve_http<IO, H: Handler>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Each request runs on the config current when it starts.
-    let svc = hyper::service::service_fn(move |req| shared.load().state.clone().handle(conn, req));
+    let svc = hyper::service::service_fn({
+        let conn = conn.clone();
+        move |req| shared.load().state.clone().handle(conn.clone(), req)
+    });
     let connection = builder.serve_connection_with_upgrades(io, svc);
     if let Err(e) = watcher.watch(connection.into_owned()).await {
         match e.downcast_ref::<hyper::Error>() {
@@ -229,7 +246,7 @@ async fn serve_http<IO, H: Handler>(
             Some(h) if h.is_parse() || h.is_parse_too_large() => {
                 let status = if h.is_parse_too_large() { 431 } else { 400 };
                 warn!(peer = %conn.peer, error = %e, status, "request refused while parsing its head");
-                info!(target: crate::logging::ACCESS, route = "-", method = "-", path = "-", status, peer = %conn.peer.ip(), "unparseable request");
+                info!(target: crate::logging::ACCESS, route = "-", method = "-", path = "-", status, peer = %conn.peer_ip_str(), "unparseable request");
             }
             // Clients going away mid-request is routine; keep it out of the warn level.
             _ => debug!(peer = %conn.peer, error = %e, "connection ended with an error"),

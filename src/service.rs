@@ -64,7 +64,7 @@ use crate::router::Router;
 use crate::rules::{Outcome, ResponseView, Rule, SubjectSource};
 use crate::session::{self, ChaChaIds, Presented};
 use crate::store::{now_ms, LoginClaim, SessionStore};
-use crate::telemetry::{Metrics, RouteLabel};
+use crate::telemetry::{Metrics, RouteMetrics};
 use crate::tls::TlsError;
 use crate::upstream::{self, prepare_response, Outgoing, UpstreamClient};
 use crate::{vault, Body};
@@ -103,6 +103,8 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     metrics: Arc<Metrics>,
     router: Router,
+    /// Per route, in `config.routes` order ([`Route::index`]).
+    route_metrics: Vec<RouteMetrics>,
     upstream: UpstreamClient,
     inflight: Arc<InFlight>,
 }
@@ -119,7 +121,7 @@ struct Canonical {
 struct Ctx<'a> {
     route: &'a Route,
     rs: &'a RouteSession,
-    conn: ConnInfo,
+    conn: &'a ConnInfo,
     /// The address the client is counted under (per-client creation limit).
     client: IpAddr,
     now: u64,
@@ -155,7 +157,12 @@ impl AppState {
         let login_settle = store.replica_staleness();
         Ok(AppState {
             router: Router::new(&config.routes),
-            upstream: UpstreamClient::new(&config.upstream)?,
+            route_metrics: config
+                .routes
+                .iter()
+                .map(|r| metrics.route(&r.name))
+                .collect(),
+            upstream: UpstreamClient::new(&config.upstream, &config.routes)?,
             sessions: Arc::new(Sessions::new(
                 config.session.clone(),
                 store,
@@ -189,7 +196,7 @@ impl AppState {
         let method = req.method().clone();
         // Only the path: query strings can carry session IDs and personal data.
         let raw_path = req.uri().path().to_owned();
-        let mut route_name = "-".to_owned();
+        let mut routed: Option<Arc<Route>> = None;
         let result = match read_request(&mut req) {
             Err(e) => Err(e),
             Ok(canon) => match self.router.route(
@@ -198,12 +205,12 @@ impl AppState {
             ) {
                 None => Err(ProxyError::NoRoute),
                 Some(route) => {
-                    let route = route.clone();
-                    route_name.clone_from(&route.name);
-                    self.proxy(&route, conn, canon, req).await
+                    let route = routed.insert(route.clone());
+                    self.proxy(route, &conn, canon, req).await
                 }
             },
         };
+        let route_name = routed.as_ref().map_or("-", |r| r.name.as_str());
         let resp = result.unwrap_or_else(|e| {
             if let Some(reason) = e.rejection_reason() {
                 self.metrics
@@ -215,7 +222,7 @@ impl AppState {
                 // Refusals come per request under a flood: counted, and logged at most
                 // once a second.
                 Some(reason) => {
-                    self.metrics.count_refused(&route_name, reason);
+                    self.metrics.count_refused(route_name, reason);
                     if let Some(suppressed) = self.metrics.refusal_log.allow(now_ms()) {
                         warn!(route = %route_name, reason, suppressed, error = %e, "new sessions refused");
                     }
@@ -235,8 +242,13 @@ impl AppState {
             }
             e.into_response()
         });
-        self.metrics
-            .count_request(&route_name, resp.status().as_u16());
+        match routed
+            .as_ref()
+            .and_then(|r| self.route_metrics.get(r.index))
+        {
+            Some(m) => m.count_request(resp.status().as_u16()),
+            None => self.metrics.count_request("-", resp.status().as_u16()),
+        }
         let upstream = resp.extensions().get::<UpstreamTime>().map(|t| t.0);
         info!(
             target: crate::logging::ACCESS,
@@ -246,7 +258,7 @@ impl AppState {
             status = resp.status().as_u16(),
             latency_ms = %Millis(Some(started.elapsed())),
             upstream_ms = %Millis(upstream),
-            peer = %conn.peer.ip(),
+            peer = %conn.peer_ip_str(),
         );
         Ok(resp)
     }
@@ -254,7 +266,7 @@ impl AppState {
     async fn proxy(
         &self,
         route: &Arc<Route>,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         canon: Canonical,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
@@ -314,7 +326,7 @@ impl AppState {
     async fn proxy_plain(
         &self,
         route: &Route,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         canon: Canonical,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
@@ -339,7 +351,7 @@ impl AppState {
             host: canon.host.as_ref(),
             upgrade: upgrade.as_deref(),
             has_body: canon.has_body,
-            peer: conn.peer.ip(),
+            peer: &conn.peer_ip,
             tls: conn.tls,
         };
         let up_req = upstream::prepare_request(route, parts, body, &out)?;
@@ -378,13 +390,22 @@ impl AppState {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         upstream::check_declared_length(ctx.route, req.headers())?;
         let (mut parts, body) = req.into_parts();
-        let (body, buffered) = self.read_body(&mut ctx, &mut parts, body).await?;
+        // The phases below that have nothing to do for most requests are skipped here,
+        // not inside them: a request's future is copied along with every callee future
+        // it awaits, even one that returns at once.
+        let kind = forms::body_kind(&parts.headers);
+        let (body, buffered) = match ctx.canon.has_body && kind != BodyKind::Opaque {
+            true => self.read_body(&mut ctx, &mut parts, body, kind).await?,
+            false => (upstream::client_body(ctx.route, body), false),
+        };
         self.detect_login(&mut ctx, &parts.method);
         if ctx.login.is_some_and(Rule::needs_body) {
             // Body rules need plain text: ask the app not to compress this response.
             parts.headers.remove(header::ACCEPT_ENCODING);
         }
-        self.claim(&mut ctx).await?;
+        if ctx.attempt {
+            self.claim(&mut ctx).await?;
+        }
         let sent = async {
             if buffered && ctx.claimed.is_none() {
                 self.check_still_current(&mut ctx).await?;
@@ -413,7 +434,11 @@ impl AppState {
             // answer may be the victim's and must not reach this client.
             self.check_still_current(&mut ctx).await?;
         }
-        let outcome = self.evaluate(&mut ctx, &mut resp).await?;
+        let outcome = match ctx.login.or(ctx.logout) {
+            Some(rule) => self.evaluate(&mut ctx, rule, &mut resp).await?,
+            // No rule: nothing says how a credential field went.
+            None => Outcome::Undecided,
+        };
         let changes = vault::capture(
             resp.headers_mut(),
             &ctx.rs.vault,
@@ -479,18 +504,15 @@ impl AppState {
         Ok(())
     }
 
-    /// Phase: a body the app could read parameters from is read whole (within the body
-    /// cap) and inspected; any other body streams.
+    /// Phase: a body the app could read parameters from (`kind` is not opaque) is read
+    /// whole (within the body cap) and inspected; any other body streams.
     async fn read_body(
         &self,
         ctx: &mut Ctx<'_>,
         parts: &mut http::request::Parts,
         body: Body,
+        kind: BodyKind,
     ) -> Result<(Body, bool), ProxyError> {
-        let kind = forms::body_kind(&parts.headers);
-        if !ctx.canon.has_body || kind == BodyKind::Opaque {
-            return Ok((upstream::client_body(ctx.route, body), false));
-        }
         if !forms::ascii_compatible_charset(&parts.headers) {
             return Err(ProxyError::UnsupportedMediaType(
                 "a form in a charset that does not read field names as ASCII",
@@ -569,9 +591,6 @@ impl AppState {
     /// Phase: a login attempt on a session claims it in the store (other replicas answer
     /// 409) and closes it here, waiting for the requests already in flight on it.
     async fn claim(&self, ctx: &mut Ctx<'_>) -> Result<(), ProxyError> {
-        if !ctx.attempt {
-            return Ok(());
-        }
         let (Some(cur), Some(ticket)) = (ctx.resolved.current.as_ref(), ctx.ticket.as_ref()) else {
             return Ok(());
         };
@@ -686,7 +705,7 @@ impl AppState {
             host: ctx.canon.host.as_ref(),
             upgrade,
             has_body: ctx.canon.has_body,
-            peer: ctx.conn.peer.ip(),
+            peer: &ctx.conn.peer_ip,
             tls: ctx.conn.tls,
         };
         upstream::prepare_request(ctx.route, parts, body, &out)
@@ -757,13 +776,10 @@ impl AppState {
     ) -> Result<(Response<Body>, Option<Relay>), ProxyError> {
         let started = Instant::now();
         let sent = self.upstream.send(route, up_req).await;
-        self.metrics
-            .upstream_seconds
-            .get_or_create(&RouteLabel {
-                route: route.name.clone(),
-            })
-            .observe(started.elapsed().as_secs_f64());
         let upstream_time = started.elapsed();
+        if let Some(m) = self.route_metrics.get(route.index) {
+            m.upstream_seconds.observe(upstream_time.as_secs_f64());
+        }
         let mut up_resp = sent?;
         // For the access log line, which is written once the response is complete.
         up_resp.extensions_mut().insert(UpstreamTime(upstream_time));
@@ -796,33 +812,25 @@ impl AppState {
     async fn evaluate(
         &self,
         ctx: &mut Ctx<'_>,
+        rule: &Rule,
         resp: &mut Response<Body>,
     ) -> Result<Outcome, ProxyError> {
-        let rule = ctx.login.or(ctx.logout);
-        let outcome = match rule {
-            // A credential field without a rule: nothing says how it went.
-            None if ctx.attempt => Outcome::Undecided,
-            None => return Ok(Outcome::Undecided),
-            Some(rule) => {
-                let mut head = Bytes::new();
-                if rule.needs_body() {
-                    let (parts, body) =
-                        std::mem::replace(resp, Response::new(crate::full_body(Bytes::new())))
-                            .into_parts();
-                    let (peeked, body) =
-                        crate::body::peek(body, rule.body_peek, ctx.route.body_idle_timeout)
-                            .await
-                            .map_err(ProxyError::Upstream)?;
-                    *resp = Response::from_parts(parts, body);
-                    head = peeked;
-                }
-                rule.evaluate(&ResponseView {
-                    status: resp.status(),
-                    headers: resp.headers(),
-                    body: &head,
-                })
-            }
-        };
+        let mut head = Bytes::new();
+        if rule.needs_body() {
+            let (parts, body) =
+                std::mem::replace(resp, Response::new(crate::full_body(Bytes::new()))).into_parts();
+            let (peeked, body) =
+                crate::body::peek(body, rule.body_peek, ctx.route.body_idle_timeout)
+                    .await
+                    .map_err(ProxyError::Upstream)?;
+            *resp = Response::from_parts(parts, body);
+            head = peeked;
+        }
+        let outcome = rule.evaluate(&ResponseView {
+            status: resp.status(),
+            headers: resp.headers(),
+            body: &head,
+        });
         if let Some(SubjectSource::ResponseHeader(h)) = ctx.login.and_then(|r| r.subject.as_ref()) {
             ctx.subject = resp
                 .headers()

@@ -318,18 +318,57 @@ impl Metrics {
     }
 
     pub fn count_request(&self, route: &str, status: u16) {
-        let status_class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
         self.requests
             .get_or_create(&RouteStatus {
                 route: route.to_owned(),
-                status_class,
+                status_class: STATUS_CLASSES[status_class(status)],
             })
             .inc();
+    }
+
+    /// The handles of a route's per-request metrics, looked up once: a label lookup per
+    /// request hashes and clones the route name (and takes the family's lock).
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            requests: STATUS_CLASSES.map(|status_class| {
+                self.requests
+                    .get_or_create(&RouteStatus {
+                        route: route.to_owned(),
+                        status_class,
+                    })
+                    .clone()
+            }),
+            upstream_seconds: self
+                .upstream_seconds
+                .get_or_create(&RouteLabel {
+                    route: route.to_owned(),
+                })
+                .clone(),
+        }
+    }
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_class(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// A route's per-request metrics ([`Metrics::route`]).
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    requests: [Counter; 5],
+    pub upstream_seconds: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn count_request(&self, status: u16) {
+        self.requests[status_class(status)].inc();
     }
 }

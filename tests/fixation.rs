@@ -547,13 +547,11 @@ async fn the_pipeline_runs_without_a_client_socket() {
         )
         .unwrap(),
     );
-    let conn = sessiongate::listener::ConnInfo {
-        peer: "127.0.0.1:50000".parse().unwrap(),
-        tls: true,
-        pressed: false,
-    };
+    let conn =
+        sessiongate::listener::ConnInfo::new("127.0.0.1:50000".parse().unwrap(), true, false);
     let send = |req: Request<Full<bytes::Bytes>>| {
         let state = state.clone();
+        let conn = conn.clone();
         async move {
             let resp = state.handle(conn, req).await.unwrap();
             let status = resp.status().as_u16();

@@ -628,9 +628,12 @@ fn parse_upstream_url(s: &str) -> Result<super::Upstream, String> {
     let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
         return Err(format!("invalid upstream URL {s:?}: it has no host"));
     };
+    let host_header = http::HeaderValue::from_str(authority.as_str())
+        .map_err(|_| format!("invalid upstream URL {s:?}: its host is not a header value"))?;
     Ok(super::Upstream {
         scheme,
         authority,
+        host_header,
         base_path: uri.path().trim_end_matches('/').to_owned(),
     })
 }

@@ -144,6 +144,9 @@ pub struct UpstreamConfig {
 /// One `[[routes]]` entry, compiled.
 #[derive(Debug)]
 pub struct Route {
+    /// Its position in [`Config::routes`], for per-route state kept beside the config
+    /// (metric handles).
+    pub index: usize,
     pub name: String,
     /// Lower-cased host to match, or `None` for any host.
     pub host: Option<String>,
@@ -171,6 +174,8 @@ pub struct Route {
 pub struct Upstream {
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
+    /// The authority as the `Host` the app gets (without `preserve_host`).
+    pub host_header: http::HeaderValue,
     /// Prepended to the request path; empty or starting with `/` and without a trailing `/`.
     pub base_path: String,
 }
@@ -993,6 +998,7 @@ fn compile_route(i: usize, r: &RawRoute, session: &SessionConfig, p: &mut Proble
     script_readable.sort();
     script_readable.dedup();
     Route {
+        index: i,
         name: r
             .name
             .as_ref()

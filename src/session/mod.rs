@@ -188,13 +188,52 @@ fn strict_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// RFC 9110 tchar.
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    CLASSES[usize::from(b)] & TCHAR != 0
 }
 
 /// RFC 6265 cookie-octet: no controls, space, `"`, `,`, `;` or `\\`.
 fn is_cookie_octet(b: u8) -> bool {
-    matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e)
+    CLASSES[usize::from(b)] & COOKIE_OCTET != 0
 }
+
+const TCHAR: u8 = 1;
+const COOKIE_OCTET: u8 = 2;
+
+/// Every byte's classes, so that a Cookie header (read on every request) costs one load
+/// per byte and class.
+static CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        if b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            )
+        {
+            t[i] |= TCHAR;
+        }
+        if matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e) {
+            t[i] |= COOKIE_OCTET;
+        }
+        i += 1;
+    }
+    t
+};
 
 /// Removes sessiongate's cookie from the request's Cookie headers (routes without
 /// session protection still never forward it), leaving every other pair as sent. Leaves
@@ -279,6 +318,20 @@ pub fn proxy_set_cookie(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_classes_are_the_rfc_sets() {
+        for b in 0..=255u8 {
+            let tchar = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            let octet = b == 0x21
+                || (0x23..=0x2b).contains(&b)
+                || (0x2d..=0x3a).contains(&b)
+                || (0x3c..=0x5b).contains(&b)
+                || (0x5d..=0x7e).contains(&b);
+            assert_eq!(is_tchar(b), tchar, "tchar {b:#x}");
+            assert_eq!(is_cookie_octet(b), octet, "cookie-octet {b:#x}");
+        }
+    }
 
     fn id(b: u8) -> SessionId {
         SessionId::from_bytes([b; ID_BYTES])

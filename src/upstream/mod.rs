@@ -206,8 +206,8 @@ pub struct Outgoing<'a> {
     pub upgrade: Option<&'a str>,
     /// The request carried a body (a `Content-Length` or `Transfer-Encoding`).
     pub has_body: bool,
-    /// The client's address and whether it spoke TLS, for X-Forwarded-*.
-    pub peer: std::net::IpAddr,
+    /// The client's address (as text) and whether it spoke TLS, for X-Forwarded-*.
+    pub peer: &'a HeaderValue,
     pub tls: bool,
 }
 
@@ -231,8 +231,7 @@ pub fn prepare_request(
     let host_value = match (out.host, route.preserve_host) {
         (Some(host), true) => HeaderValue::from_str(&host.header)
             .map_err(|_| ProxyError::BadRequest("invalid Host"))?,
-        _ => HeaderValue::from_str(route.upstream.authority.as_str())
-            .map_err(|_| ProxyError::Internal("upstream authority is not a header value".into()))?,
+        _ => route.upstream.host_header.clone(),
     };
     h.insert(header::HOST, host_value);
     set_forwarded(h, route.forwarded, out, out.host.map(|h| h.header.as_str()));
@@ -297,7 +296,7 @@ fn set_forwarded(h: &mut HeaderMap, mode: ForwardedMode, out: &Outgoing<'_>, hos
     match mode {
         ForwardedMode::None => {}
         ForwardedMode::Replace => {
-            set(h, X_FORWARDED_FOR, &out.peer.to_string());
+            h.insert(X_FORWARDED_FOR, out.peer.clone());
             set(h, X_FORWARDED_PROTO, proto);
             match host {
                 Some(host) => set(h, X_FORWARDED_HOST, host),
@@ -312,11 +311,15 @@ fn set_forwarded(h: &mut HeaderMap, mode: ForwardedMode, out: &Outgoing<'_>, hos
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .collect();
-            let chain = match prior.is_empty() {
-                true => out.peer.to_string(),
-                false => format!("{}, {}", prior.join(", "), out.peer),
-            };
-            set(h, X_FORWARDED_FOR, &chain);
+            match prior.is_empty() {
+                true => {
+                    h.insert(X_FORWARDED_FOR, out.peer.clone());
+                }
+                false => {
+                    let peer = out.peer.to_str().unwrap_or("-");
+                    set(h, X_FORWARDED_FOR, &format!("{}, {peer}", prior.join(", ")));
+                }
+            }
             if !h.contains_key(X_FORWARDED_PROTO) {
                 set(h, X_FORWARDED_PROTO, proto);
             }

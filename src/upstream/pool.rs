@@ -124,7 +124,9 @@ impl Pool {
         loop {
             let (mut sender, reused) = match self.checkout(slot) {
                 Some(sender) => (sender, true),
-                None => (self.connect(slot).await?, false),
+                // Boxed: connecting is rare, and its future would otherwise enlarge
+                // (and be copied with) every request's future.
+                None => (Box::pin(self.connect(slot)).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {

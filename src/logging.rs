@@ -37,9 +37,15 @@ pub fn init(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    // Buffered: the writer thread drains every line queued, then flushes, so that a busy
+    // proxy makes one write(2) per batch rather than one per line (no line waits longer
+    // than the batch it came with).
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     // Colour only for a person at a terminal: in a file or a log collector the escape
     // codes are noise (they tripled the size of an access line).
     let builder = tracing_subscriber::fmt()

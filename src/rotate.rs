@@ -200,10 +200,20 @@ impl Sessions {
             Ok(l) => l,
             Err(e) => return self.serve_cached(key, e, route, now, on_failure).await,
         };
-        match self.follow(key, lookup, route, now).await? {
-            Ok(current) => self.check_live(current, route, now).await,
-            Err(resolved) => Ok(resolved),
-        }
+        let current = match lookup {
+            // The common case is settled here: the other cases' state (a second load)
+            // would otherwise be part of every request's future.
+            Lookup::Live(record) => Current {
+                key,
+                record,
+                via_grace: false,
+            },
+            other => match Box::pin(self.follow(key, other, route, now)).await? {
+                Ok(current) => current,
+                Err(resolved) => return Ok(resolved),
+            },
+        };
+        self.check_live(current, route, now).await
     }
 
     /// The store failed: a `serve_cached` route may go on with this replica's cached copy,

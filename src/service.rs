@@ -122,6 +122,8 @@ struct Ctx<'a> {
     route: &'a Route,
     rs: &'a RouteSession,
     conn: &'a ConnInfo,
+    /// Where `send` leaves the app's response time, for the access line.
+    timing: &'a UpstreamTime,
     /// The address the client is counted under (per-client creation limit).
     client: IpAddr,
     now: u64,
@@ -197,6 +199,7 @@ impl AppState {
         // Only the path: query strings can carry session IDs and personal data.
         let raw_path = req.uri().path().to_owned();
         let mut routed: Option<Arc<Route>> = None;
+        let upstream_time = UpstreamTime::default();
         let result = match read_request(&mut req) {
             Err(e) => Err(e),
             Ok(canon) => match self.router.route(
@@ -206,7 +209,20 @@ impl AppState {
                 None => Err(ProxyError::NoRoute),
                 Some(route) => {
                     let route = routed.insert(route.clone());
-                    self.proxy(route, &conn, canon, req).await
+                    // The two pipelines are awaited from here, not from a function of
+                    // their own: every layer of futures is one more copy of the request's
+                    // state per request.
+                    match (self.check_route(route, &mut req), &route.session) {
+                        (Err(e), _) => Err(e),
+                        (Ok(()), None) => {
+                            self.proxy_plain(route, &conn, canon, req, &upstream_time)
+                                .await
+                        }
+                        (Ok(()), Some(rs)) => {
+                            self.proxy_session(route, rs, &conn, canon, req, &upstream_time)
+                                .await
+                        }
+                    }
                 }
             },
         };
@@ -249,7 +265,7 @@ impl AppState {
             Some(m) => m.count_request(resp.status().as_u16()),
             None => self.metrics.count_request("-", resp.status().as_u16()),
         }
-        let upstream = resp.extensions().get::<UpstreamTime>().map(|t| t.0);
+        let upstream = upstream_time.get();
         info!(
             target: crate::logging::ACCESS,
             route = %route_name,
@@ -261,41 +277,6 @@ impl AppState {
             peer = %conn.peer_ip_str(),
         );
         Ok(resp)
-    }
-
-    async fn proxy(
-        &self,
-        route: &Arc<Route>,
-        conn: &ConnInfo,
-        canon: Canonical,
-        mut req: Request<Body>,
-    ) -> Result<Response<Body>, ProxyError> {
-        self.check_route(route, &mut req)?;
-        match &route.session {
-            None => self.proxy_plain(route, conn, canon, req).await,
-            Some(rs) => {
-                let client = limit::client_address(route.forwarded, conn.peer.ip(), req.headers());
-                let ctx = Ctx {
-                    route,
-                    rs,
-                    conn,
-                    client,
-                    now: now_ms(),
-                    canon,
-                    presented: Presented::Absent,
-                    kept: Vec::new(),
-                    ticket: None,
-                    resolved: Resolved::default(),
-                    login: None,
-                    logout: None,
-                    attempt: false,
-                    subject: None,
-                    claimed: None,
-                    closing: None,
-                };
-                self.proxy_session(ctx, req).await
-            }
-        }
     }
 
     /// Route-level refusals and removals that do not depend on the session.
@@ -329,6 +310,7 @@ impl AppState {
         conn: &ConnInfo,
         canon: Canonical,
         mut req: Request<Body>,
+        timing: &UpstreamTime,
     ) -> Result<Response<Body>, ProxyError> {
         let cookie_name = &self.sessions.cfg.cookie_name;
         if route.protected.is_empty() {
@@ -356,7 +338,7 @@ impl AppState {
         };
         let up_req = upstream::prepare_request(route, parts, body, &out)?;
         let (mut resp, relay) = self
-            .send(route, up_req, upgrade.as_deref(), client_upgrade)
+            .send(route, up_req, upgrade.as_deref(), client_upgrade, timing)
             .await?;
         if let Some(relay) = relay {
             tokio::spawn(relay_upgraded(relay, None));
@@ -381,9 +363,32 @@ impl AppState {
 
     async fn proxy_session(
         &self,
-        mut ctx: Ctx<'_>,
+        route: &Route,
+        rs: &RouteSession,
+        conn: &ConnInfo,
+        canon: Canonical,
         mut req: Request<Body>,
+        timing: &UpstreamTime,
     ) -> Result<Response<Body>, ProxyError> {
+        let mut ctx = Ctx {
+            route,
+            rs,
+            conn,
+            timing,
+            client: limit::client_address(route.forwarded, conn.peer.ip(), req.headers()),
+            now: now_ms(),
+            canon,
+            presented: Presented::Absent,
+            kept: Vec::new(),
+            ticket: None,
+            resolved: Resolved::default(),
+            login: None,
+            logout: None,
+            attempt: false,
+            subject: None,
+            claimed: None,
+            closing: None,
+        };
         self.session_cookies(&mut ctx, &req);
         self.admit_and_resolve(&mut ctx).await?;
         let upgrade = upstream::requested_upgrade(&req, &ctx.route.upgrades);
@@ -395,7 +400,8 @@ impl AppState {
         // it awaits, even one that returns at once.
         let kind = forms::body_kind(&parts.headers);
         let (body, buffered) = match ctx.canon.has_body && kind != BodyKind::Opaque {
-            true => self.read_body(&mut ctx, &mut parts, body, kind).await?,
+            // Boxed: only form bodies take this path, and its state is large.
+            true => Box::pin(self.read_body(&mut ctx, &mut parts, body, kind)).await?,
             false => (upstream::client_body(ctx.route, body), false),
         };
         self.detect_login(&mut ctx, &parts.method);
@@ -721,7 +727,7 @@ impl AppState {
         upgrade: Option<&str>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Result<Response<Body>, ProxyError> {
-        let send = self.send(ctx.route, up_req, upgrade, client_upgrade);
+        let send = self.send(ctx.route, up_req, upgrade, client_upgrade, ctx.timing);
         let sent = match (ctx.ticket.as_mut(), ctx.closing.is_some()) {
             // The login itself holds the session closed: nothing can cancel it.
             (Some(ticket), false) => {
@@ -773,6 +779,7 @@ impl AppState {
         up_req: Request<Body>,
         upgrade: Option<&str>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        timing: &UpstreamTime,
     ) -> Result<(Response<Body>, Option<Relay>), ProxyError> {
         let started = Instant::now();
         let sent = self.upstream.send(route, up_req).await;
@@ -782,7 +789,7 @@ impl AppState {
         }
         let mut up_resp = sent?;
         // For the access log line, which is written once the response is complete.
-        up_resp.extensions_mut().insert(UpstreamTime(upstream_time));
+        timing.set(upstream_time);
         let mut relay = None;
         if up_resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             let agreed = up_resp
@@ -805,7 +812,7 @@ impl AppState {
                 }
             }
         }
-        Ok((prepare_response(up_resp, route.body_idle_timeout), relay))
+        Ok((prepare_response(up_resp), relay))
     }
 
     /// Phase: the rule's outcome, read from the response head and a capped body peek.
@@ -1009,9 +1016,29 @@ async fn read_whole(route: &Route, pressed: bool, body: Body) -> Result<Bytes, P
 }
 
 /// How long the app took to send the response head (-1 in the log when the request
-/// never reached it).
-#[derive(Clone, Copy)]
-struct UpstreamTime(std::time::Duration);
+/// never reached it), for the access line. Set by [`AppState::send`] through a reference
+/// rather than carried in the response's extensions (a map allocated per response).
+struct UpstreamTime(std::sync::atomic::AtomicU64);
+
+impl Default for UpstreamTime {
+    fn default() -> Self {
+        UpstreamTime(std::sync::atomic::AtomicU64::new(u64::MAX))
+    }
+}
+
+impl UpstreamTime {
+    fn set(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX - 1);
+        self.0.store(us, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<Duration> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            u64::MAX => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+}
 
 /// Phase: harden the app's cookies, then add ours.
 fn finish(route: &Route, resp: &mut Response<Body>, set_cookie: Option<HeaderValue>) {

@@ -229,3 +229,39 @@ async fn an_answer_cut_short_never_reaches_the_next_request() {
     }
     assert_eq!(app.accepted.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_stalled_answer_is_cut_after_the_body_idle_timeout() {
+    let app = RawApp::start(Behaviour::KeepAlive, None).await;
+    let route = app
+        .route("")
+        .replace("[[routes]]\n", "[[routes]]\nbody_idle_timeout = \"1s\"\n");
+    let proxy = Proxy::start(&route).await;
+    let mut client = proxy.h1().await;
+    let started = Instant::now();
+    let resp = client.send_raw(get("/slow")).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    use http_body_util::BodyExt;
+    let first = within("the first chunk", body.frame()).await;
+    let first = first.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"first");
+    // Then nothing: the proxy gives up on the app and ends the answer in error.
+    let rest = within("the stalled body to end", body.frame()).await;
+    assert!(
+        !matches!(rest, Some(Ok(_))),
+        "a stalled body went on: {rest:?}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "cut after {waited:?}"
+    );
+    // And the app's connection is closed, not pooled.
+    eventually(
+        "the stalled connection closed",
+        Duration::from_secs(5),
+        || app.closed_by_proxy.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+}

@@ -7,8 +7,6 @@
 //! refused before anything is sent); the response body gets an idle deadline between
 //! frames.
 
-use std::time::Duration;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
@@ -62,7 +60,9 @@ impl UpstreamClient {
         req: Request<Body>,
     ) -> Result<Response<PooledBody>, ProxyError> {
         let up = &route.upstream;
-        let sent = self.pool.send(&up.scheme, &up.authority, req);
+        let sent = self
+            .pool
+            .send(&up.scheme, &up.authority, req, route.body_idle_timeout);
         match tokio::time::timeout(route.response_timeout, sent).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(route.response_timeout)),
             Ok(Ok(resp)) => Ok(resp),
@@ -228,13 +228,20 @@ pub fn prepare_request(
     if out.upgrade.is_none() {
         h.remove(header::UPGRADE);
     }
-    let host_value = match (out.host, route.preserve_host) {
-        (Some(host), true) => HeaderValue::from_str(&host.header)
-            .map_err(|_| ProxyError::BadRequest("invalid Host"))?,
+    // The canonical host, for `Host` (with `preserve_host`) and `X-Forwarded-Host`.
+    let canonical_host = match out.host {
+        Some(host) => Some(
+            HeaderValue::from_str(&host.header)
+                .map_err(|_| ProxyError::BadRequest("invalid Host"))?,
+        ),
+        None => None,
+    };
+    let host_value = match (&canonical_host, route.preserve_host) {
+        (Some(host), true) => host.clone(),
         _ => route.upstream.host_header.clone(),
     };
     h.insert(header::HOST, host_value);
-    set_forwarded(h, route.forwarded, out, out.host.map(|h| h.header.as_str()));
+    set_forwarded(h, route.forwarded, out, canonical_host);
     // Framing in canonical form only: a length in plain decimal (never `0005`), or none
     // and chunked.
     h.remove(header::CONTENT_LENGTH);
@@ -282,8 +289,13 @@ fn remove_where(h: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
     }
 }
 
-fn set_forwarded(h: &mut HeaderMap, mode: ForwardedMode, out: &Outgoing<'_>, host: Option<&str>) {
-    let proto = if out.tls { "https" } else { "http" };
+fn set_forwarded(
+    h: &mut HeaderMap,
+    mode: ForwardedMode,
+    out: &Outgoing<'_>,
+    host: Option<HeaderValue>,
+) {
+    let proto = HeaderValue::from_static(if out.tls { "https" } else { "http" });
     remove_where(h, |n| {
         let n = n.as_str();
         PATH_OVERRIDES.contains(&n)
@@ -297,9 +309,11 @@ fn set_forwarded(h: &mut HeaderMap, mode: ForwardedMode, out: &Outgoing<'_>, hos
         ForwardedMode::None => {}
         ForwardedMode::Replace => {
             h.insert(X_FORWARDED_FOR, out.peer.clone());
-            set(h, X_FORWARDED_PROTO, proto);
+            h.insert(X_FORWARDED_PROTO, proto);
             match host {
-                Some(host) => set(h, X_FORWARDED_HOST, host),
+                Some(host) => {
+                    h.insert(X_FORWARDED_HOST, host);
+                }
                 None => {
                     h.remove(X_FORWARDED_HOST);
                 }
@@ -321,10 +335,10 @@ fn set_forwarded(h: &mut HeaderMap, mode: ForwardedMode, out: &Outgoing<'_>, hos
                 }
             }
             if !h.contains_key(X_FORWARDED_PROTO) {
-                set(h, X_FORWARDED_PROTO, proto);
+                h.insert(X_FORWARDED_PROTO, proto);
             }
             if let (false, Some(host)) = (h.contains_key(X_FORWARDED_HOST), host) {
-                set(h, X_FORWARDED_HOST, host);
+                h.insert(X_FORWARDED_HOST, host);
             }
         }
     }
@@ -343,13 +357,11 @@ fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-/// Cleans the app's response head for the client and puts an idle deadline on its body.
-pub fn prepare_response(resp: Response<PooledBody>, idle: Duration) -> Response<Body> {
+/// Cleans the app's response head for the client (its body has the route's idle
+/// deadline already).
+pub fn prepare_response(resp: Response<PooledBody>) -> Response<Body> {
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, switching);
-    let body = tower_http::timeout::TimeoutBody::new(idle, body)
-        .map_err(BoxError::from)
-        .boxed();
-    Response::from_parts(parts, body)
+    Response::from_parts(parts, body.boxed())
 }

@@ -15,8 +15,13 @@
 //! at most `pool_max_idle_per_host` are kept per upstream. A response body dropped before
 //! its end closes its connection (hyper does), so a half-read answer never leaks into the
 //! next request.
+//!
+//! The response body also carries the route's idle deadline between frames. Its timer is
+//! armed only when the app's body is not ready: most answers arrive whole with their
+//! head, and a timer armed and cleared for every frame showed in profiles.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -30,6 +35,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::time::Sleep;
 use tower_service::Service;
 
 use crate::{Body, BoxError};
@@ -115,6 +121,7 @@ impl Pool {
         scheme: &Scheme,
         authority: &Authority,
         mut req: Request<Body>,
+        idle: Duration,
     ) -> Result<Response<PooledBody>, SendError> {
         let slot = self
             .slots
@@ -138,7 +145,12 @@ impl Pool {
                         max_idle: self.max_idle,
                     });
                     let (parts, body) = resp.into_parts();
-                    let mut body = PooledBody { body, back };
+                    let mut body = PooledBody {
+                        body,
+                        back,
+                        idle,
+                        stall: None,
+                    };
                     if body.body.is_end_stream() {
                         body.give_back();
                     }
@@ -240,11 +252,20 @@ impl Slot {
 }
 
 /// The app's response body; its connection goes back to the pool once the body has been
-/// read to its end. Dropped earlier, the connection closes with it.
+/// read to its end. Dropped earlier, the connection closes with it. A body that sends
+/// nothing for `idle` fails.
 pub struct PooledBody {
     body: Incoming,
     back: Option<Return>,
+    idle: Duration,
+    /// The idle deadline, armed while the app's body is pending.
+    stall: Option<Pin<Box<Sleep>>>,
 }
+
+/// The app sent no part of its response body for the route's `body_idle_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the app's response body stalled for {0:?}")]
+pub struct BodyStalled(pub Duration);
 
 impl PooledBody {
     fn give_back(&mut self) {
@@ -256,21 +277,34 @@ impl PooledBody {
 
 impl http_body::Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if polled.is_pending() {
+            let idle = this.idle;
+            let stall = this
+                .stall
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+            if stall.as_mut().poll(cx).is_ready() {
+                this.back = None;
+                return Poll::Ready(Some(Err(BodyStalled(idle).into())));
+            }
+            return Poll::Pending;
+        }
+        this.stall = None;
         match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.give_back(),
+            Poll::Ready(None) => this.give_back(),
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.give_back(),
             // A failed body leaves the connection in no state to be reused.
-            Poll::Ready(Some(Err(_))) => self.back = None,
+            Poll::Ready(Some(Err(_))) => this.back = None,
             _ => {}
         }
-        polled
+        polled.map_err(BoxError::from)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -149,23 +149,41 @@ pub fn apply(vault: &mut Vec<VaultCookie>, changes: &[VaultChange]) {
 /// expiries are bookkeeping, written with the session's activity (at most once per
 /// `touch_interval`, which is `slack`, so a skipped expiry cannot lapse before then).
 pub fn unchanged_by(vault: &[VaultCookie], changes: &[VaultChange], now: u64, slack: u64) -> bool {
-    let mut after = vault.to_vec();
-    apply(&mut after, changes);
-    // A (name, path) is held at most once on either side, so equal lengths and every
-    // cookie after matched by one before is the same set.
-    after.len() == vault.len()
-        && after.iter().all(|c| {
-            vault.iter().any(|old| {
-                old.name == c.name
-                    && old.path == c.path
-                    && old.value == c.value
-                    && match (old.expires_at, c.expires_at) {
+    // Decided change by change, without building the vault after them (this runs on
+    // every response that sets a vaulted cookie): only the last change to a (name,
+    // path) decides what the vault holds for it. `vault_change_checks` holds this to
+    // applying the changes.
+    changes.iter().enumerate().all(|(i, change)| {
+        let key = change_key(change);
+        if changes[i + 1..]
+            .iter()
+            .any(|later| change_key(later) == key)
+        {
+            return true;
+        }
+        let held = vault
+            .iter()
+            .find(|c| (c.name.as_str(), c.path.as_str()) == key);
+        match (change, held) {
+            (VaultChange::Remove { .. }, held) => held.is_none(),
+            (VaultChange::Set(_), None) => false,
+            (VaultChange::Set(new), Some(old)) => {
+                old.value == new.value
+                    && match (old.expires_at, new.expires_at) {
                         (a, b) if a == b => true,
                         (Some(old), Some(new)) => new > old && old >= now.saturating_add(slack),
                         _ => false,
                     }
-            })
-        })
+            }
+        }
+    })
+}
+
+fn change_key(change: &VaultChange) -> (&str, &str) {
+    match change {
+        VaultChange::Set(c) => (&c.name, &c.path),
+        VaultChange::Remove { name, path } => (name, path),
+    }
 }
 
 /// RFC 6265 5.1.4 path-match.
@@ -289,6 +307,72 @@ pub fn is_protected_param(param: &str, protected: &NameGuard) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The definition `unchanged_by` answers for without building anything: the vault
+    /// after the changes holds the same cookies, but for expiries moved forward from
+    /// ones that still run at least `slack`.
+    fn unchanged_by_applying(
+        vault: &[VaultCookie],
+        changes: &[VaultChange],
+        now: u64,
+        slack: u64,
+    ) -> bool {
+        let mut after = vault.to_vec();
+        apply(&mut after, changes);
+        after.len() == vault.len()
+            && after.iter().all(|c| {
+                vault.iter().any(|old| {
+                    old.name == c.name
+                        && old.path == c.path
+                        && old.value == c.value
+                        && match (old.expires_at, c.expires_at) {
+                            (a, b) if a == b => true,
+                            (Some(old), Some(new)) => new > old && old >= now.saturating_add(slack),
+                            _ => false,
+                        }
+                })
+            })
+    }
+
+    fn cookie_strategy() -> impl Strategy<Value = VaultCookie> {
+        (
+            prop::sample::select(vec!["a", "b"]),
+            prop::sample::select(vec!["1", "2"]),
+            prop::sample::select(vec!["/", "/x"]),
+            prop::option::of(prop::sample::select(vec![50u64, 100, 150, 300])),
+        )
+            .prop_map(|(n, v, p, e)| VaultCookie {
+                name: n.into(),
+                value: v.into(),
+                path: p.into(),
+                expires_at: e,
+            })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn vault_change_checks(
+            held in proptest::collection::vec(cookie_strategy(), 0..4),
+            changes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    cookie_strategy().prop_map(VaultChange::Set),
+                    cookie_strategy().prop_map(|c| VaultChange::Remove { name: c.name, path: c.path }),
+                ],
+                0..4,
+            ),
+        ) {
+            // A vault holds each (name, path) once.
+            let mut vault: Vec<VaultCookie> = Vec::new();
+            apply(&mut vault, &held.into_iter().map(VaultChange::Set).collect::<Vec<_>>());
+            proptest::prop_assert_eq!(
+                unchanged_by(&vault, &changes, 100, 20),
+                unchanged_by_applying(&vault, &changes, 100, 20),
+                "vault {:?} changes {:?}", vault, changes
+            );
+        }
+    }
 
     const NOW: u64 = 1_000_000;
 

@@ -89,17 +89,23 @@ fn classify(route: &Route, e: hyper::Error) -> ProxyError {
     ProxyError::Upstream(e.into())
 }
 
-/// Headers that describe one hop and never travel past a proxy (RFC 9110 7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
+/// Headers that describe one hop and never travel past a proxy (RFC 9110 7.6.1), and
+/// `Upgrade`, relayed only for an allowed protocol switch. Compared as strings: one
+/// switch on the length per header of every request and response.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -147,15 +153,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    remove_where(headers, |n| HOP_BY_HOP.contains(n) || named.contains(n));
-    match upgrade {
-        Some(protocol) => {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol);
-        }
-        None => {
-            headers.remove(header::UPGRADE);
-        }
+    remove_where(headers, |n| is_hop_by_hop(n) || named.contains(n));
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
     }
 }
 
@@ -225,9 +226,6 @@ pub fn prepare_request(
 
     let h = &mut parts.headers;
     strip_hop_by_hop(h, out.upgrade.is_some());
-    if out.upgrade.is_none() {
-        h.remove(header::UPGRADE);
-    }
     // The canonical host, for `Host` (with `preserve_host`) and `X-Forwarded-Host`.
     let canonical_host = match out.host {
         Some(host) => Some(
@@ -264,20 +262,20 @@ fn upstream_target(route: &Route, pq: &str) -> Result<Uri, ProxyError> {
     target.map_err(|_| ProxyError::BadRequest("invalid request target"))
 }
 
-/// Headers with which some apps override the path they route on (IIS, Symfony, Zend):
-/// never from a client, since they would contradict the canonical target.
-const PATH_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
-
-/// Other proxy-set headers an app may trust for the client's address, host or prefix;
-/// only `append` (behind a trusted load balancer) keeps them.
-const OTHER_FORWARDING: [&str; 6] = [
-    "forwarded",
-    "x-real-ip",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-server",
-    "x-original-host",
-];
+/// Whether a client's header must not reach the app under this forwarding mode:
+/// headers with which some apps override the path they route on (IIS, Symfony, Zend),
+/// never, since they would contradict the canonical target; other proxy-set headers an
+/// app may trust for the client's address, host or prefix, only behind a trusted load
+/// balancer (`append`); `X-Forwarded-*`, unless the mode sets or appends them.
+fn is_forwarding_override(name: &HeaderName, mode: ForwardedMode) -> bool {
+    match name.as_str() {
+        "x-original-url" | "x-rewrite-url" => true,
+        "forwarded" | "x-real-ip" | "x-forwarded-port" | "x-forwarded-prefix"
+        | "x-forwarded-server" | "x-original-host" => mode != ForwardedMode::Append,
+        "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" => mode == ForwardedMode::None,
+        _ => false,
+    }
+}
 
 /// Removes every header `doomed` names, in one pass over the map: most requests carry
 /// none of the headers removed, and a lookup per absent name (hashing each) cost more
@@ -296,15 +294,7 @@ fn set_forwarded(
     host: Option<HeaderValue>,
 ) {
     let proto = HeaderValue::from_static(if out.tls { "https" } else { "http" });
-    remove_where(h, |n| {
-        let n = n.as_str();
-        PATH_OVERRIDES.contains(&n)
-            || (mode != ForwardedMode::Append && OTHER_FORWARDING.contains(&n))
-            || (mode == ForwardedMode::None
-                && [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST]
-                    .iter()
-                    .any(|x| x.as_str() == n))
-    });
+    remove_where(h, |n| is_forwarding_override(n, mode));
     match mode {
         ForwardedMode::None => {}
         ForwardedMode::Replace => {

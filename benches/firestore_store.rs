@@ -120,7 +120,8 @@ fn target_dir() -> PathBuf {
 // ---------------------------------------------------------------- counting store
 
 /// Counters are indexed by the operation's position in `StoreOp::ALL`.
-const OPS: [StoreOp; 9] = StoreOp::ALL;
+const N_OPS: usize = StoreOp::ALL.len();
+const OPS: [StoreOp; N_OPS] = StoreOp::ALL;
 const fn ix(op: StoreOp) -> usize {
     op as usize
 }
@@ -133,22 +134,23 @@ const RELEASE: usize = ix(StoreOp::ReleaseLogin);
 const ROTATE: usize = ix(StoreOp::Rotate);
 const REVOKE: usize = ix(StoreOp::Revoke);
 const SWEEP: usize = ix(StoreOp::Sweep);
+const SESSIONS_OF: usize = ix(StoreOp::SessionsOf);
 
 /// Counts what reaches the wrapped store: calls, time spent and errors per operation,
 /// and, from the replica's tap, what really went over the wire to Firestore.
 struct Counting {
     inner: Arc<dyn SessionStore>,
     tap: Tap,
-    calls: [AtomicU64; 9],
-    nanos: [AtomicU64; 9],
-    errors: [AtomicU64; 9],
+    calls: [AtomicU64; N_OPS],
+    nanos: [AtomicU64; N_OPS],
+    errors: [AtomicU64; N_OPS],
 }
 
 #[derive(Debug, Clone, Default)]
 struct Snap {
-    calls: [u64; 9],
-    nanos: [u64; 9],
-    errors: [u64; 9],
+    calls: [u64; N_OPS],
+    nanos: [u64; N_OPS],
+    errors: [u64; N_OPS],
     /// RPCs and document writes that reached the emulator.
     wire: TapCounts,
 }
@@ -337,6 +339,11 @@ impl SessionStore for Counting {
 
     async fn sweep(&self, now: u64) -> Result<usize, StoreError> {
         self.count(SWEEP, self.inner.sweep(now)).await
+    }
+
+    async fn sessions_of(&self, subject: &str) -> Result<Vec<SessionKey>, StoreError> {
+        self.count(SESSIONS_OF, self.inner.sessions_of(subject))
+            .await
     }
 }
 

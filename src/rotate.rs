@@ -1019,6 +1019,9 @@ mod tests {
         async fn sweep(&self, _: u64) -> Result<usize, StoreError> {
             std::future::pending().await
         }
+        async fn sessions_of(&self, _: &str) -> Result<Vec<SessionKey>, StoreError> {
+            std::future::pending().await
+        }
     }
 
     #[tokio::test(start_paused = true)]

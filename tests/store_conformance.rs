@@ -96,6 +96,7 @@ macro_rules! conformance {
             rotate_concurrent_one_winner,
             rotate_racing_merge_loses_nothing,
             revoke_live_once,
+            sessions_of_finds_the_subjects_live_sessions_only,
             $sweep,
         );
     };
@@ -1006,6 +1007,65 @@ mod checks {
             );
             assert_eq!(live(&*store, &new).await, r, "round {round}");
         }
+    }
+
+    pub async fn sessions_of_finds_the_subjects_live_sessions_only(store: Arc<dyn SessionStore>) {
+        let signed_in = |subject: &str| {
+            let mut r = record(T0);
+            r.authenticated = true;
+            r.authenticated_at = Some(T0);
+            r.subject = Some(subject.to_owned());
+            r
+        };
+        let s = &*store;
+        let a1 = created(s, &signed_in("alice")).await;
+        let a2 = created(s, &signed_in("alice")).await;
+        let mut claimed = signed_in("alice");
+        claimed.login_claim = Some(claim(9, T0 + MINUTE));
+        let a3 = created(s, &claimed).await;
+        let _bob = created(s, &signed_in("bob")).await;
+        let _other_case = created(s, &signed_in("Alice")).await;
+        let _anonymous = created(s, &record(T0)).await;
+        // An anonymous session becomes alice's at login: its new key counts, the old
+        // one (a tombstone) does not.
+        let before_login = created(s, &record(T0)).await;
+        let after_login = key();
+        rotated(
+            s.rotate(
+                &before_login,
+                &after_login,
+                &login(T0 + 1, Some("alice"), vec![]),
+            )
+            .await
+            .unwrap(),
+        );
+        // Logged out: not hers any more.
+        let gone = created(s, &signed_in("alice")).await;
+        assert!(s
+            .revoke(&gone, RevokeReason::LoggedOut, T0 + MINUTE)
+            .await
+            .unwrap());
+
+        let mut found = s.sessions_of("alice").await.unwrap();
+        found.sort();
+        let mut expected = vec![a1, a2, a3, after_login];
+        expected.sort();
+        assert_eq!(found, expected);
+        assert!(s.sessions_of("nobody").await.unwrap().is_empty());
+
+        // Ending them all (what a privilege change or an operator does).
+        for k in &found {
+            assert!(s
+                .revoke(k, RevokeReason::SubjectRevoked, T0 + MINUTE)
+                .await
+                .unwrap());
+            assert_eq!(
+                s.load(k).await.unwrap(),
+                Lookup::Revoked(RevokeReason::SubjectRevoked)
+            );
+        }
+        assert!(s.sessions_of("alice").await.unwrap().is_empty());
+        assert_eq!(s.sessions_of("bob").await.unwrap().len(), 1);
     }
 
     pub async fn revoke_live_once(store: Arc<dyn SessionStore>) {

@@ -245,6 +245,10 @@ impl SessionStore for CachedStore {
         r
     }
 
+    async fn sessions_of(&self, subject: &str) -> Result<Vec<SessionKey>, StoreError> {
+        self.inner.sessions_of(subject).await
+    }
+
     async fn sweep(&self, now: u64) -> Result<usize, StoreError> {
         let stale_for = self.stale_for;
         self.entries.retain(|_, e| e.at.elapsed() < stale_for);

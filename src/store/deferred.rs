@@ -181,6 +181,12 @@ impl SessionStore for DeferredStore {
         self.inner.revoke(key, reason, keep_until).await
     }
 
+    /// Pending sessions are anonymous (a login writes its session first): only the
+    /// shared store can hold a subject's sessions.
+    async fn sessions_of(&self, subject: &str) -> Result<Vec<SessionKey>, StoreError> {
+        self.inner.sessions_of(subject).await
+    }
+
     async fn sweep(&self, now: u64) -> Result<usize, StoreError> {
         let local = self.pending.sweep(now).await?;
         Ok(local.saturating_add(self.inner.sweep(now).await?))

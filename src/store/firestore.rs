@@ -442,6 +442,36 @@ impl SessionStore for FirestoreStore {
             .await
     }
 
+    /// A query on the `subject` field (its automatic single-field index; see
+    /// `deploy/firestore/`): only live documents carry one, and each is decoded and
+    /// checked like any other read.
+    async fn sessions_of(&self, subject: &str) -> Result<Vec<SessionKey>, StoreError> {
+        let docs = self
+            .db
+            .fluent()
+            .select()
+            .from(self.collection.as_ref())
+            .filter(|q| q.field("subject").eq(subject))
+            .query()
+            .await
+            .map_err(store_error)?;
+        let mut out = Vec::with_capacity(docs.len());
+        for doc in &docs {
+            let id = doc.name.rsplit('/').next().unwrap_or_default();
+            let key = SessionKey::from_hex(id)
+                .ok_or_else(|| StoreError::Corrupt(format!("a document named {id:?}")))?;
+            let decoded: Doc = firestore::firestore_document_to_serializable(doc)
+                .map_err(|e| StoreError::Corrupt(format!("session {key}: {e}")))?;
+            if decoded
+                .into_entry(&key)
+                .is_ok_and(|e| transition::belongs_to(&e, subject))
+            {
+                out.push(key);
+            }
+        }
+        Ok(out)
+    }
+
     async fn sweep(&self, _now: u64) -> Result<usize, StoreError> {
         // Firestore's TTL policy on `expires_at` deletes dead documents; reads re-check
         // expiry meanwhile. Nothing to do here, and no reads to pay for.

@@ -81,4 +81,7 @@ impl SessionStore for Instrumented {
     async fn sweep(&self, n: u64) -> Result<usize, StoreError> {
         self.inner.sweep(n).await
     }
+    async fn sessions_of(&self, s: &str) -> Result<Vec<SessionKey>, StoreError> {
+        self.inner.sessions_of(s).await
+    }
 }

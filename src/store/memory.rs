@@ -231,6 +231,15 @@ impl SessionStore for MemoryStore {
         Ok(self.apply(key, |e| transition::revoke(e, reason, keep_until)))
     }
 
+    async fn sessions_of(&self, subject: &str) -> Result<Vec<SessionKey>, StoreError> {
+        Ok(self
+            .map
+            .iter()
+            .filter(|e| transition::belongs_to(e.value(), subject))
+            .map(|e| *e.key())
+            .collect())
+    }
+
     async fn sweep(&self, now: u64) -> Result<usize, StoreError> {
         let before = self.map.len();
         self.map.retain(|_, e| transition::kept_at(e, now));

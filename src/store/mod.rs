@@ -100,6 +100,9 @@ pub enum RevokeReason {
     /// A login was started on it and never committed (store failure or crash): the app
     /// may have authenticated its vaulted session, so the ID is dead.
     LoginIncomplete,
+    /// Ended with every other session of its user: a privilege change on another of
+    /// them (`revoke_others`), or an operator's revocation by subject.
+    SubjectRevoked,
 }
 
 impl RevokeReason {
@@ -110,6 +113,7 @@ impl RevokeReason {
             RevokeReason::LoggedOut => "logged_out",
             RevokeReason::Expired => "expired",
             RevokeReason::LoginIncomplete => "login_incomplete",
+            RevokeReason::SubjectRevoked => "subject_revoked",
         }
     }
 
@@ -120,6 +124,7 @@ impl RevokeReason {
             RevokeReason::LoggedOut,
             RevokeReason::Expired,
             RevokeReason::LoginIncomplete,
+            RevokeReason::SubjectRevoked,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -260,10 +265,11 @@ pub enum StoreOp {
     Rotate,
     Revoke,
     Sweep,
+    SessionsOf,
 }
 
 impl StoreOp {
-    pub const ALL: [StoreOp; 9] = [
+    pub const ALL: [StoreOp; 10] = [
         StoreOp::Load,
         StoreOp::Create,
         StoreOp::MergeVault,
@@ -273,6 +279,7 @@ impl StoreOp {
         StoreOp::Rotate,
         StoreOp::Revoke,
         StoreOp::Sweep,
+        StoreOp::SessionsOf,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -286,6 +293,7 @@ impl StoreOp {
             StoreOp::Rotate => "rotate",
             StoreOp::Revoke => "revoke",
             StoreOp::Sweep => "sweep",
+            StoreOp::SessionsOf => "sessions_of",
         }
     }
 }
@@ -378,6 +386,12 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Removes expired sessions and tombstones; returns how many.
     async fn sweep(&self, now: u64) -> Result<usize, StoreError>;
+
+    /// The keys of the live sessions signed in as `subject` (exactly that string), for a
+    /// privilege change that ends the user's other sessions and for revocation by
+    /// subject. Read from the backing store, never from a replica's cache, which does
+    /// not know the sessions other replicas created.
+    async fn sessions_of(&self, subject: &str) -> Result<Vec<SessionKey>, StoreError>;
 }
 
 /// `inner` with, when `store.defer_anonymous_writes` is on (`defer` holds the pending

@@ -183,6 +183,11 @@ pub(crate) fn tombstone(old: OldKey, successor: SessionKey) -> Entry {
     }
 }
 
+/// `sessions_of`: whether an entry is a live session signed in as `subject`.
+pub(crate) fn belongs_to(entry: &Entry, subject: &str) -> bool {
+    matches!(entry, Entry::Live(r) if r.authenticated && r.subject.as_deref() == Some(subject))
+}
+
 /// The sweep rule: whether an entry is still due to be kept at `now`.
 pub(crate) fn kept_at(entry: &Entry, now: u64) -> bool {
     match entry {

@@ -118,5 +118,9 @@ mod faulty_impl {
             self.check(StoreOp::Sweep)?;
             self.inner.sweep(now).await
         }
+        async fn sessions_of(&self, subject: &str) -> Result<Vec<SessionKey>, StoreError> {
+            self.check(StoreOp::SessionsOf)?;
+            self.inner.sessions_of(subject).await
+        }
     }
 }

@@ -5,7 +5,12 @@
 //! - `GET /readyz`: 200 when the config is loaded, the listeners are bound, the session
 //!   store answers within its deadline and the server is not draining; 503 with the
 //!   reason otherwise (readiness);
-//! - `GET /metrics`: Prometheus text format.
+//! - `GET /metrics`: Prometheus text format;
+//! - `POST /sessions/revoke?subject=NAME` with an `X-Sessiongate-Admin` header: ends
+//!   every session signed in as NAME ("log out alice everywhere", for incident response),
+//!   audited and counted; answers how many it ended. The header is there so that a web
+//!   page cannot make a browser on the admin host send the request (a cross-origin
+//!   request with a custom header needs a preflight this listener never grants).
 
 use std::convert::Infallible;
 
@@ -26,7 +31,16 @@ pub trait AdminView: Clone + Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<Option<&'static str>, &'static str>> + Send;
     /// The Prometheus text exposition.
     fn metrics(&self) -> String;
+    /// Ends every session signed in as `subject`; how many it ended.
+    fn revoke_subject(
+        &self,
+        subject: &str,
+    ) -> impl std::future::Future<Output = Result<usize, String>> + Send;
 }
+
+/// The path of the revocation endpoint, and the header it requires.
+pub const REVOKE_PATH: &str = "/sessions/revoke";
+pub const REVOKE_HEADER: &str = "x-sessiongate-admin";
 
 /// Serves until the task is aborted: it stays up while the proxy drains, so that the
 /// orchestrator sees `/readyz` turn 503 and stops sending traffic.
@@ -58,6 +72,9 @@ pub async fn serve<H: AdminView>(listener: TcpListener, handle: H) {
 }
 
 async fn respond<H: AdminView>(handle: &H, req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path() == REVOKE_PATH {
+        return revoke(handle, &req).await;
+    }
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
@@ -81,8 +98,69 @@ async fn respond<H: AdminView>(handle: &H, req: Request<Incoming>) -> Response<B
             );
             resp
         }
-        _ => text(StatusCode::NOT_FOUND, "try /healthz, /readyz or /metrics\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "try /healthz, /readyz, /metrics or POST /sessions/revoke?subject=NAME\n",
+        ),
     }
+}
+
+async fn revoke<H: AdminView>(handle: &H, req: &Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
+    }
+    if !req.headers().contains_key(REVOKE_HEADER) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "send the X-Sessiongate-Admin header (any value): `sessiongate revoke` does\n",
+        );
+    }
+    let subject = form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "subject")
+        .map(|(_, v)| v.into_owned());
+    let Some(subject) = subject.filter(|s| !s.is_empty()) else {
+        return text(StatusCode::BAD_REQUEST, "give the user as ?subject=NAME\n");
+    };
+    match handle.revoke_subject(&subject).await {
+        Ok(n) => text(StatusCode::OK, &format!("ended {n} sessions\n")),
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("not all sessions could be ended: {e}\n"),
+        ),
+    }
+}
+
+/// The client side of the revocation endpoint (`sessiongate revoke`): the answer's text
+/// on 200, an error with it otherwise.
+pub async fn request_revoke(
+    admin: std::net::SocketAddr,
+    subject: &str,
+) -> Result<String, crate::BoxError> {
+    use http_body_util::BodyExt;
+    let deadline = std::time::Duration::from_secs(60);
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(admin).await?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("subject", subject)
+            .finish();
+        let req = Request::post(format!("{REVOKE_PATH}?{query}"))
+            .header(header::HOST, admin.to_string())
+            .header(REVOKE_HEADER, "revoke")
+            .body(full_body(""))?;
+        let resp = send.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        let body = String::from_utf8_lossy(&body).into_owned();
+        match status {
+            StatusCode::OK => Ok(body),
+            s => Err(format!("{s}: {}", body.trim()).into()),
+        }
+    };
+    tokio::time::timeout(deadline, exchange)
+        .await
+        .map_err(|_| "no answer within 60 s")?
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {

@@ -152,6 +152,14 @@ impl crate::admin::AdminView for ServerHandle {
     fn metrics(&self) -> String {
         self.metrics.render()
     }
+
+    async fn revoke_subject(&self, subject: &str) -> Result<usize, String> {
+        let state = self.current().state.clone();
+        state
+            .revoke_subject(subject, None, "operator")
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Opens the configured store: memory directly, the file behind the optional deferred

@@ -35,6 +35,16 @@ struct Cli {
 enum Command {
     /// Validate the config, print the effective routes, and exit (non-zero on problems).
     Check,
+    /// End every session of a user on a running sessiongate ("log out alice everywhere"),
+    /// through its admin listener.
+    Revoke {
+        /// The user, as the login rules store it (`subject`), exactly.
+        #[arg(long)]
+        subject: String,
+        /// The admin listener (`IP:PORT`); default: `admin.listen` of the config.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -49,6 +59,7 @@ fn main() -> ExitCode {
     let _log_writer = sessiongate::logging::init(matches!(cli.log_format, LogFormat::Json));
     match cli.command {
         Some(Command::Check) => check(&cli),
+        Some(Command::Revoke { ref subject, admin }) => revoke(&cli, subject, admin),
         None => match run(&cli) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -68,6 +79,46 @@ fn check(cli: &Cli) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn revoke(cli: &Cli, subject: &str, admin: Option<std::net::SocketAddr>) -> ExitCode {
+    let addr = match admin {
+        Some(a) => a,
+        None => match Config::load(&cli.config).map(|c| c.admin.listen) {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                eprintln!(
+                    "{}: no [admin] listen address; give one with --admin IP:PORT",
+                    cli.config.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sessiongate::admin::request_revoke(addr, subject)) {
+        Ok(answer) => {
+            print!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("revoking the sessions of {subject:?} through {addr} failed: {e}");
             ExitCode::FAILURE
         }
     }

@@ -544,6 +544,58 @@ impl Sessions {
         Ok(self.expired_cookie())
     }
 
+    /// Ends every live session signed in as `subject` but `except` (the session a
+    /// privilege change just moved to), and returns the keys it ended, so that this
+    /// replica can end the streams opened on them. `why` names the occasion in the audit
+    /// line (`privilege_change`, `operator`). Other replicas stop serving them within
+    /// their cache's staleness (`cache_ttl`), as after a logout.
+    pub async fn revoke_subject(
+        &self,
+        subject: &str,
+        except: Option<&SessionKey>,
+        why: &str,
+        now: u64,
+    ) -> Result<Vec<SessionKey>, ProxyError> {
+        use futures_util::StreamExt;
+        let keys = self
+            .call(StoreOp::SessionsOf, self.store.sessions_of(subject))
+            .await?;
+        let keep_until = self.tombstone_until(now);
+        // A few at a time: a user may hold many sessions, and each is one transaction.
+        let mut revocations =
+            futures_util::stream::iter(keys.into_iter().filter(|k| Some(k) != except).map(
+                |key| async move {
+                    let ended = self.call(
+                        StoreOp::Revoke,
+                        self.store
+                            .revoke(&key, RevokeReason::SubjectRevoked, keep_until),
+                    );
+                    ended.await.map(|live| live.then_some(key))
+                },
+            ))
+            .buffer_unordered(8);
+        let mut ended = Vec::new();
+        let mut failed = None;
+        while let Some(r) = revocations.next().await {
+            match r {
+                Ok(Some(key)) => ended.push(key),
+                Ok(None) => {}
+                // The others are still ended; the error is reported after them.
+                Err(e) => failed = Some(e),
+            }
+        }
+        self.counters()
+            .subject_revoked
+            .inc_by(u64::try_from(ended.len()).unwrap_or(u64::MAX));
+        for key in &ended {
+            info!(target: "audit", event = "subject_revoked", why, subject, id_hash = %key);
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(ended),
+        }
+    }
+
     /// After an ordinary response: store captured app cookies (creating an anonymous
     /// session for a visitor without one), rotate an authenticated session whose
     /// interval is up, or record activity when due. Returns a cookie to set, if any.

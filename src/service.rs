@@ -179,6 +179,24 @@ impl AppState {
         })
     }
 
+    /// Ends every session of `subject` but `except`, and the streams opened on them on
+    /// this replica; returns how many sessions it ended.
+    pub async fn revoke_subject(
+        &self,
+        subject: &str,
+        except: Option<&crate::session::SessionKey>,
+        why: &str,
+    ) -> Result<usize, ProxyError> {
+        let ended = self
+            .sessions
+            .revoke_subject(subject, except, why, now_ms())
+            .await?;
+        for key in &ended {
+            self.inflight.end_streams(key);
+        }
+        Ok(ended.len())
+    }
+
     /// Serves one request; never fails (errors become pages). Generic over the body, so
     /// the pipeline can be driven without a client socket; every phase works on the
     /// boxed [`Body`] (the upgrade handle travels in the request's extensions).

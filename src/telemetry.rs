@@ -73,6 +73,9 @@ pub struct SessionCounters {
     pub login_conflicts: Counter,
     /// Requests in flight on a session that a login cancelled after its drain wait.
     pub login_cancelled_requests: Counter,
+    /// Sessions ended with the rest of their user's: a privilege change with
+    /// `revoke_others`, or an operator's revocation by subject.
+    pub subject_revoked: Counter,
 }
 
 impl SessionCounters {
@@ -123,6 +126,11 @@ impl SessionCounters {
                 r,
                 "login_cancelled_requests",
                 "Requests still in flight on a session when its login's drain wait ended, cancelled",
+            ),
+            subject_revoked: counter(
+                r,
+                "sessions_revoked_by_subject",
+                "Sessions ended with the rest of their user's (privilege change with revoke_others, or an operator's revocation)",
             ),
         }
     }

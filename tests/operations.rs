@@ -319,3 +319,70 @@ async fn logs_never_contain_session_ids_or_vaulted_values() {
         }
     }
 }
+
+/// "Log out alice everywhere": `sessiongate revoke` against the admin listener ends every
+/// session signed in as alice, and no one else's.
+#[tokio::test]
+async fn an_operator_ends_every_session_of_a_user() {
+    let app = LegacyApp::start().await;
+    let proxy = Proxy::start(&format!("{ADMIN}\n{}", app.route_config(""))).await;
+    let admin = proxy.admin.unwrap();
+    let mut alice_laptop = Browser::new(&proxy);
+    let mut alice_phone = Browser::new(&proxy);
+    let mut bob = Browser::new(&proxy);
+    login(&mut alice_laptop, "alice").await;
+    login(&mut alice_phone, "alice").await;
+    login(&mut bob, "bob").await;
+    assert_eq!(whoami(&mut alice_phone).await, "alice");
+
+    // What a cross-site form could send (no custom header), and a GET: refused.
+    let path = "/sessions/revoke?subject=alice";
+    assert_eq!(admin_send(admin, "POST", path, &[]).await.0, 403);
+    assert_eq!(
+        admin_send(admin, "GET", path, &[("x-sessiongate-admin", "1")])
+            .await
+            .0,
+        405
+    );
+    assert_eq!(
+        admin_send(
+            admin,
+            "POST",
+            "/sessions/revoke",
+            &[("x-sessiongate-admin", "1")]
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(whoami(&mut alice_laptop).await, "alice");
+
+    let cli = |subject: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+                .args([
+                    "revoke",
+                    "--subject",
+                    subject,
+                    "--admin",
+                    &admin.to_string(),
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    let out = cli("alice").await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ended 2 sessions\n");
+    assert_eq!(whoami(&mut alice_laptop).await, "anonymous");
+    assert_eq!(whoami(&mut alice_phone).await, "anonymous");
+    assert_eq!(whoami(&mut bob).await, "bob");
+    let metrics = admin_get(admin, "/metrics").await.1;
+    assert_eq!(
+        metric(&metrics, "sessiongate_sessions_revoked_by_subject_total"),
+        2.0
+    );
+    // Nothing left to end.
+    let out = cli("alice").await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ended 0 sessions\n");
+}

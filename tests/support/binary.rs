@@ -134,6 +134,28 @@ pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (r.status.as_u16(), r.text())
 }
 
+/// A request with `headers` on a plain-HTTP admin listener: status and body.
+pub async fn admin_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = H1::over(tcp)
+        .await
+        .send(req.body(full_body("")).unwrap())
+        .await;
+    (r.status.as_u16(), r.text())
+}
+
 /// The value of one sample in Prometheus text (`name{labels}` exactly as rendered), or 0.
 pub fn metric(text: &str, sample: &str) -> f64 {
     text.lines()

@@ -177,6 +177,20 @@ async fn handle(
                 (200, None, "bad credentials".into())
             }
         }
+        // A privilege change ("sudo mode"): the signed-in user's password again makes the
+        // session an administrator's, in the same app session (the flaw again).
+        ("POST", "/sudo") => {
+            let form: HashMap<String, String> =
+                form_urlencoded::parse(&body).into_owned().collect();
+            let mut sessions = sessions.lock().unwrap();
+            match sessions.get(&sid).cloned().flatten() {
+                Some(user) if form.get("password") == Some(&format!("pw-{user}")) => {
+                    sessions.insert(sid.clone(), Some(format!("{user}+admin")));
+                    (200, None, "elevated".into())
+                }
+                _ => (403, None, "denied".into()),
+            }
+        }
         ("POST", "/logout") => {
             sessions.lock().unwrap().remove(&sid);
             (200, None, "bye".into())

@@ -62,6 +62,14 @@ pub struct Sessions {
     creation: CreationLimit,
 }
 
+/// What a successful attempt was: a login, or a privilege change on a signed-in
+/// session (audited and counted apart; both get a new ID).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signed {
+    Login,
+    Privilege,
+}
+
 /// Whether a response's vault changes start a session for a visitor without one: only a
 /// cookie worth keeping does.
 pub fn starts_session(changes: &[VaultChange]) -> bool {
@@ -429,22 +437,29 @@ impl Sessions {
         (id, key)
     }
 
-    /// Login succeeded: new ID, old one killed, committed before returning the cookie.
+    /// Login (or privilege change) succeeded: new ID, old one killed, committed before
+    /// returning the cookie and the new key.
     pub async fn login(
         &self,
         cur: Option<&Current>,
         changes: Vec<VaultChange>,
         subject: Option<String>,
+        signed: Signed,
         route: &str,
         now: u64,
-    ) -> Result<HeaderValue, ProxyError> {
+    ) -> Result<(HeaderValue, SessionKey), ProxyError> {
         let (id, key) = self.mint();
         let expires_at = self.expires_at(now, now, true);
+        let subject_shown = subject.as_deref().unwrap_or("-");
         match cur {
             Some(cur) => {
                 self.rotate_away(cur, &key, changes, Some(subject.clone()), expires_at, now)
                     .await?;
-                info!(target: "audit", event = "login_rotated", route, old_id_hash = %cur.key, id_hash = %key, subject = subject.as_deref().unwrap_or("-"));
+                let event = match signed {
+                    Signed::Login => "login_rotated",
+                    Signed::Privilege => "privilege_rotated",
+                };
+                info!(target: "audit", event, route, old_id_hash = %cur.key, id_hash = %key, subject = subject_shown);
             }
             None => {
                 let mut record = SessionRecord::new_anonymous(now, expires_at, Vec::new());
@@ -454,11 +469,14 @@ impl Sessions {
                 record.subject = subject.clone();
                 self.call(StoreOp::Create, self.store.create(&key, &record))
                     .await?;
-                info!(target: "audit", event = "login_created", route, id_hash = %key, subject = subject.as_deref().unwrap_or("-"));
+                info!(target: "audit", event = "login_created", route, id_hash = %key, subject = subject_shown);
             }
         }
-        self.counters().login_rotated.inc();
-        Ok(self.cookie_for(&id, now, now))
+        match signed {
+            Signed::Login => self.counters().login_rotated.inc(),
+            Signed::Privilege => self.counters().privilege_rotated.inc(),
+        };
+        Ok((self.cookie_for(&id, now, now), key))
     }
 
     /// A login attempt with no clear result: the ID is replaced all the same (the app may
@@ -885,11 +903,13 @@ mod tests {
                 Some(&cur),
                 vec![set("SID", "app2")],
                 Some("alice".into()),
+                Signed::Login,
                 ROUTE,
                 T0 + 2,
             )
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0;
         let new = presented(&cookie);
         let dead = resolve(&s, &old, T0 + 3).await;
         assert!(dead.current.is_none(), "the pre-login ID still works");
@@ -968,10 +988,17 @@ mod tests {
         let s = sessions();
         let (_, cur) = anonymous(&s).await;
         let cookie = s
-            .login(Some(&cur), Vec::new(), Some("bob".into()), ROUTE, T0 + 2)
+            .login(
+                Some(&cur),
+                Vec::new(),
+                Some("bob".into()),
+                Signed::Login,
+                ROUTE,
+                T0 + 2,
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let first = presented(&cookie);
+        let first = presented(&cookie.0);
         let signed_in = resolve(&s, &first, T0 + 3)
             .await
             .current
@@ -1006,10 +1033,17 @@ mod tests {
         let (_, cur) = anonymous(&s).await;
         assert_eq!(cur.record.expires_at, T0 + 600_000);
         let cookie = s
-            .login(Some(&cur), Vec::new(), Some("carol".into()), ROUTE, T0 + 2)
+            .login(
+                Some(&cur),
+                Vec::new(),
+                Some("carol".into()),
+                Signed::Login,
+                ROUTE,
+                T0 + 2,
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let signed_in = presented(&cookie);
+        let signed_in = presented(&cookie.0);
         assert!(resolve(&s, &signed_in, T0 + 2 + 1_799_999)
             .await
             .current

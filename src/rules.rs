@@ -78,6 +78,8 @@ pub struct Rule {
     pub subject: Option<SubjectSource>,
     pub clear_site_data: bool,
     pub undecided: Undecided,
+    /// Privilege rules: a success also ends the user's other sessions.
+    pub revoke_others: bool,
 }
 
 /// The parts of a response a rule may look at.
@@ -182,6 +184,7 @@ mod tests {
             subject: None,
             clear_site_data: false,
             undecided: Undecided::Rotate,
+            revoke_others: false,
         }
     }
 

@@ -133,7 +133,9 @@ struct Ctx<'a> {
     kept: Vec<Vec<u8>>,
     ticket: Option<Ticket>,
     resolved: Resolved,
+    /// The login rule the request matches, or the privilege rule (then `privilege`).
     login: Option<&'a Rule>,
+    privilege: bool,
     logout: Option<&'a Rule>,
     /// A login rule matched or a credential field was sent.
     attempt: bool,
@@ -401,6 +403,7 @@ impl AppState {
             ticket: None,
             resolved: Resolved::default(),
             login: None,
+            privilege: false,
             logout: None,
             attempt: false,
             subject: None,
@@ -590,9 +593,12 @@ impl AppState {
         Ok((crate::full_body(inspected.body), true))
     }
 
-    /// The form field a login rule takes the subject from, if the request could be one.
+    /// The form field a login (or privilege) rule takes the subject from, if the request
+    /// could be one.
     fn subject_field<'r>(&self, ctx: &Ctx<'r>, method: &Method) -> Option<&'r str> {
-        let rule = crate::rules::find(&ctx.rs.login, method, &ctx.canon.target.path)?;
+        let path = &ctx.canon.target.path;
+        let rule = crate::rules::find(&ctx.rs.login, method, path)
+            .or_else(|| crate::rules::find(&ctx.rs.privilege, method, path))?;
         match rule.subject.as_ref() {
             Some(SubjectSource::FormField(f)) => Some(f.as_str()),
             _ => None,
@@ -603,6 +609,11 @@ impl AppState {
     fn detect_login(&self, ctx: &mut Ctx<'_>, method: &Method) {
         let path = &ctx.canon.target.path;
         ctx.login = crate::rules::find(&ctx.rs.login, method, path);
+        if ctx.login.is_none() {
+            // A privilege change is handled as a login: claimed, drained, a new ID.
+            ctx.login = crate::rules::find(&ctx.rs.privilege, method, path);
+            ctx.privilege = ctx.login.is_some();
+        }
         if let Some(q) = &ctx.canon.target.query {
             ctx.attempt |= forms::has_credential_field(q.as_bytes(), &ctx.rs.credential_fields);
         }
@@ -866,6 +877,49 @@ impl AppState {
         Ok(outcome)
     }
 
+    /// A login or privilege rule succeeded: a new ID; a privilege rule with
+    /// `revoke_others` also ends the user's other sessions, before the response leaves.
+    async fn signed_in(
+        &self,
+        ctx: &Ctx<'_>,
+        changes: Vec<vault::VaultChange>,
+    ) -> Result<HeaderValue, ProxyError> {
+        let current = ctx.current();
+        let (signed, subject) = match ctx.privilege {
+            false => (rotate::Signed::Login, ctx.subject.clone()),
+            // The user stays who they were, unless the rule says where to read it.
+            true => (
+                rotate::Signed::Privilege,
+                ctx.subject
+                    .clone()
+                    .or_else(|| current.and_then(|c| c.record.subject.clone())),
+            ),
+        };
+        let (cookie, key) = self
+            .sessions
+            .login(
+                current,
+                changes,
+                subject.clone(),
+                signed,
+                &ctx.route.name,
+                ctx.now,
+            )
+            .await?;
+        if ctx.privilege && ctx.login.is_some_and(|r| r.revoke_others) {
+            match subject {
+                Some(s) => {
+                    self.revoke_subject(&s, Some(&key), "privilege_change")
+                        .await?;
+                }
+                None => {
+                    warn!(route = %ctx.route.name, "a privilege rule with revoke_others succeeded on a session without a known user (no subject): no other session was ended")
+                }
+            }
+        }
+        Ok(cookie)
+    }
+
     /// Phase: commit the session change before the response (and its cookie) leaves.
     async fn commit(
         &self,
@@ -887,11 +941,7 @@ impl AppState {
             match outcome {
                 Outcome::Success => {
                     c.login_success.inc();
-                    Some(
-                        sessions
-                            .login(current, changes, ctx.subject.clone(), route, ctx.now)
-                            .await?,
-                    )
+                    Some(self.signed_in(ctx, changes).await?)
                 }
                 Outcome::Undecided if undecided == Undecided::Rotate => {
                     c.login_no_match.inc();

@@ -55,6 +55,8 @@ type OpLatency = Family<OpLabel, Histogram, fn() -> Histogram>;
 pub struct SessionCounters {
     pub created: Counter,
     pub login_rotated: Counter,
+    /// Privilege rules that succeeded: the session got a new ID.
+    pub privilege_rotated: Counter,
     pub periodic_rotated: Counter,
     pub logged_out: Counter,
     pub expired: Counter,
@@ -107,6 +109,7 @@ impl SessionCounters {
         SessionCounters {
             created: counter(r, "sessions_created", "Sessions created"),
             login_rotated: kind("login"),
+            privilege_rotated: kind("privilege"),
             periodic_rotated: kind("periodic"),
             logged_out: counter(r, "sessions_logged_out", "Sessions ended by a logout"),
             expired: counter(r, "sessions_expired", "Sessions found expired (idle or absolute)"),

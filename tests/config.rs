@@ -327,3 +327,18 @@ fn anonymous_idle_timeout_is_bounded_and_follows_a_short_idle_timeout() {
         std::time::Duration::from_secs(600)
     );
 }
+
+#[test]
+fn privilege_rules_need_success_and_only_they_take_revoke_others() {
+    let err = error_of(&format!(
+        "{PLAIN}{ROUTE}[routes.session]\nvault = [\"SID\"]\n[[routes.session.privilege]]\npath = \"/sudo\"\n[[routes.session.login]]\npath = \"/login\"\nsuccess = {{ status = [302] }}\nrevoke_others = true\n"
+    ));
+    assert_mentions(
+        &err,
+        &[
+            "routes[0].session.privilege[0].success",
+            "a privilege rule needs at least one success criterion",
+            "routes[0].session.login[0].revoke_others",
+        ],
+    );
+}

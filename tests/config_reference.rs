@@ -55,7 +55,7 @@ fn every_config_key_is_documented_and_every_documented_key_exists() {
             match f.as_str() {
                 // Sub-tables: documented through their own keys.
                 "certificates" | "cookies" => {}
-                "login" | "logout" => {
+                "login" | "logout" | "privilege" => {
                     accepted.insert(format!("{prefix}{f}[]"));
                 }
                 _ => {

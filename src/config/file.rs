@@ -318,10 +318,14 @@ pub struct RawRouteSession {
     pub login: Vec<RawRule>,
     #[serde(default)]
     pub logout: Vec<RawRule>,
+    /// Privilege changes (password change, role elevation, "sudo mode"): on success the
+    /// session gets a new ID, as at login.
+    #[serde(default)]
+    pub privilege: Vec<RawRule>,
 }
 
-/// A login or logout rule: which requests it looks at, and what in the response means
-/// success or failure.
+/// A login, logout or privilege rule: which requests it looks at, and what in the
+/// response means success or failure.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
@@ -352,6 +356,10 @@ pub struct RawRule {
     /// or keeps its ID (`keep`).
     #[serde(default)]
     pub undecided: Undecided,
+    /// Privilege rules: on success, also end every other session of the same user (its
+    /// `subject`).
+    #[serde(default)]
+    pub revoke_others: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

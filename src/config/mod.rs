@@ -118,6 +118,7 @@ pub struct RouteSession {
     pub multipart_session_ids: MultipartPolicy,
     pub login: Vec<Rule>,
     pub logout: Vec<Rule>,
+    pub privilege: Vec<Rule>,
 }
 
 #[derive(Debug, Clone)]
@@ -338,14 +339,19 @@ fn describe_route(out: &mut String, r: &Route) {
         Some(rs) => {
             let _ = writeln!(
                     out,
-                    "    session: vault {:?}, strip request session IDs: {}, credential fields {:?}, {} login rule(s), {} logout rule(s)",
+                    "    session: vault {:?}, strip request session IDs: {}, credential fields {:?}, {} login rule(s), {} logout rule(s), {} privilege rule(s)",
                     rs.vault.names(),
                     rs.strip_request_session_ids,
                     rs.credential_fields.names(),
                     rs.login.len(),
-                    rs.logout.len()
+                    rs.logout.len(),
+                    rs.privilege.len()
                 );
-            for (kind, rules) in [("login", &rs.login), ("logout", &rs.logout)] {
+            for (kind, rules) in [
+                ("login", &rs.login),
+                ("logout", &rs.logout),
+                ("privilege", &rs.privilege),
+            ] {
                 for rule in rules {
                     let _ = writeln!(out, "      {kind}: {:?} {:?}", rule.methods, rule.path);
                 }
@@ -816,6 +822,7 @@ fn validate_route_session(
     };
     let login = compile_all(&r.login, RuleKind::Login);
     let logout = compile_all(&r.logout, RuleKind::Logout);
+    let privilege = compile_all(&r.privilege, RuleKind::Privilege);
     RouteSession {
         vault: NameGuard::new(&vault),
         strip_request_session_ids: r.strip_request_session_ids,
@@ -824,14 +831,16 @@ fn validate_route_session(
         multipart_session_ids: r.multipart_session_ids,
         login,
         logout,
+        privilege,
     }
 }
 
-/// Which list a rule is in: login rules must say what success looks like.
+/// Which list a rule is in: login and privilege rules must say what success looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RuleKind {
     Login,
     Logout,
+    Privilege,
 }
 
 impl RuleKind {
@@ -839,6 +848,7 @@ impl RuleKind {
         match self {
             RuleKind::Login => "login",
             RuleKind::Logout => "logout",
+            RuleKind::Privilege => "privilege",
         }
     }
 }
@@ -870,11 +880,18 @@ fn compile_rule(r: &RawRule, kind: RuleKind, key: &str, p: &mut Problems) -> Opt
     let (_, path) = given.remove(0);
     let success = compile_criteria(&r.success);
     let failure = compile_criteria(&r.failure);
-    if kind == RuleKind::Login && success.is_empty() {
+    if kind != RuleKind::Logout && success.is_empty() {
         p.add(
             format!("{key}.success"),
             None,
-            "a login rule needs at least one success criterion (e.g. status = [302] with a Location header, or body_contains), otherwise a failed login would count as a login",
+            format!("a {} rule needs at least one success criterion (e.g. status = [302] with a Location header, or body_contains), otherwise a failed attempt would count as a success", kind.key()),
+        );
+    }
+    if kind != RuleKind::Privilege && r.revoke_others {
+        p.add(
+            format!("{key}.revoke_others"),
+            None,
+            "revoke_others belongs in [[routes.session.privilege]] rules; remove it here",
         );
     }
     let subject = match &r.subject {
@@ -902,6 +919,7 @@ fn compile_rule(r: &RawRule, kind: RuleKind, key: &str, p: &mut Problems) -> Opt
         subject,
         clear_site_data: r.clear_site_data,
         undecided: r.undecided,
+        revoke_others: r.revoke_others,
     })
 }
 

@@ -4,7 +4,7 @@
 //! - `GET /healthz`: 200 while the process serves (liveness);
 //! - `GET /readyz`: 200 when the config is loaded, the listeners are bound, the session
 //!   store answers within its deadline and the server is not draining; 503 with the
-//!   reason otherwise (readiness);
+//!   reason otherwise (readiness); a second line names the routes in observe mode;
 //! - `GET /metrics`: Prometheus text format;
 //! - `POST /sessions/revoke?subject=NAME` with an `X-Sessiongate-Admin` header: ends
 //!   every session signed in as NAME ("log out alice everywhere", for incident response),
@@ -31,6 +31,8 @@ pub trait AdminView: Clone + Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<Option<&'static str>, &'static str>> + Send;
     /// The Prometheus text exposition.
     fn metrics(&self) -> String;
+    /// The session routes in observe mode (nothing enforced), for `/readyz`.
+    fn observing(&self) -> Vec<String>;
     /// Ends every session signed in as `subject`; how many it ended.
     fn revoke_subject(
         &self,
@@ -80,14 +82,24 @@ async fn respond<H: AdminView>(handle: &H, req: Request<Incoming>) -> Response<B
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => match handle.ready().await {
-            Ok(None) => text(StatusCode::OK, "ready\n"),
-            Ok(Some(why)) => text(StatusCode::OK, &format!("ready (degraded: {why})\n")),
-            Err(why) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("not ready: {why}\n"),
-            ),
-        },
+        "/readyz" => {
+            let observing = handle.observing();
+            let note = match observing.is_empty() {
+                true => String::new(),
+                false => format!(
+                    "observe mode, nothing enforced, on route(s): {}\n",
+                    observing.join(", ")
+                ),
+            };
+            match handle.ready().await {
+                Ok(None) => text(StatusCode::OK, &format!("ready\n{note}")),
+                Ok(Some(why)) => text(StatusCode::OK, &format!("ready (degraded: {why})\n{note}")),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not ready: {why}\n{note}"),
+                ),
+            }
+        }
         "/metrics" => {
             let mut resp = Response::new(full_body(handle.metrics()));
             resp.headers_mut().insert(

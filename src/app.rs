@@ -153,6 +153,21 @@ impl crate::admin::AdminView for ServerHandle {
         self.metrics.render()
     }
 
+    fn observing(&self) -> Vec<String> {
+        self.current()
+            .state
+            .config
+            .routes
+            .iter()
+            .filter(|r| {
+                r.session
+                    .as_ref()
+                    .is_some_and(|s| s.mode == crate::config::SessionMode::Observe)
+            })
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
     async fn revoke_subject(&self, subject: &str) -> Result<usize, String> {
         let state = self.current().state.clone();
         state

@@ -175,6 +175,12 @@ pub struct RouteReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteDecision {
+    pub route: String,
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -207,6 +213,8 @@ pub struct Metrics {
     /// Requests refused for the client's own fault.
     pub client_error_log: LogThrottle,
     pub reloads: Family<OutcomeLabel, Counter>,
+    /// Routes in observe mode: what enforcing would have done, by decision.
+    pub observed: Family<RouteDecision, Counter>,
     pub sessions: SessionCounters,
 }
 
@@ -292,6 +300,12 @@ impl Metrics {
             refusal_log: LogThrottle::default(),
             client_error_log: LogThrottle::default(),
             reloads: reg(&mut r, "config_reloads", "Config reloads, by outcome (success, failure)", Family::default()),
+            observed: reg(
+                &mut r,
+                "observe_decisions",
+                "Routes in observe mode: decisions enforcing would have taken, by route and decision",
+                Family::default(),
+            ),
             sessions: SessionCounters::register(&mut r),
             registry: r,
         }

@@ -293,6 +293,9 @@ pub struct RawRoute {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouteSession {
+    /// `enforce` (default) or `observe` (report only; see `SessionMode`).
+    #[serde(default)]
+    pub mode: SessionMode,
     /// App cookies kept server-side: captured from the app's Set-Cookie, never sent to
     /// nor accepted from the browser.
     #[serde(default)]
@@ -406,6 +409,27 @@ pub struct RawCookiePolicy {
     /// SameSite but do not get HttpOnly.
     #[serde(default)]
     pub script_readable: Vec<CookieName>,
+}
+
+/// Whether a session route protects sessions or only reports what it would do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionMode {
+    /// Vault, strip, rotate: the protection.
+    #[default]
+    Enforce,
+    /// Cookies and parameters pass through unchanged and no session is kept; every
+    /// decision `enforce` would take is logged (audit) and counted.
+    Observe,
+}
+
+impl SessionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionMode::Enforce => "enforce",
+            SessionMode::Observe => "observe",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

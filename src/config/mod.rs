@@ -22,7 +22,7 @@ pub use crate::cookies::{CookiePolicy, SameSite};
 pub use crate::forms::MultipartPolicy;
 pub use crate::rules::Undecided;
 pub use crate::tls::{ServerCert, TlsConfig};
-pub use file::{ForwardedMode, StoreFailurePolicy};
+pub use file::{ForwardedMode, SessionMode, StoreFailurePolicy};
 use file::{RawConfig, RawCriteria, RawRoute, RawRule};
 
 use crate::names::NameGuard;
@@ -109,6 +109,7 @@ impl StoreConfig {
 /// A route's session protection, compiled.
 #[derive(Debug)]
 pub struct RouteSession {
+    pub mode: SessionMode,
     /// The app's session cookies, under every reading a stack applies.
     pub vault: NameGuard,
     pub strip_request_session_ids: bool,
@@ -339,13 +340,17 @@ fn describe_route(out: &mut String, r: &Route) {
         Some(rs) => {
             let _ = writeln!(
                     out,
-                    "    session: vault {:?}, strip request session IDs: {}, credential fields {:?}, {} login rule(s), {} logout rule(s), {} privilege rule(s)",
+                    "    session ({mode}): vault {:?}, strip request session IDs: {}, credential fields {:?}, {} login rule(s), {} logout rule(s), {} privilege rule(s)",
                     rs.vault.names(),
                     rs.strip_request_session_ids,
                     rs.credential_fields.names(),
                     rs.login.len(),
                     rs.logout.len(),
-                    rs.privilege.len()
+                    rs.privilege.len(),
+                    mode = match rs.mode {
+                        SessionMode::Enforce => "enforce",
+                        SessionMode::Observe => "observe: nothing enforced, decisions logged",
+                    },
                 );
             for (kind, rules) in [
                 ("login", &rs.login),
@@ -824,6 +829,7 @@ fn validate_route_session(
     let logout = compile_all(&r.logout, RuleKind::Logout);
     let privilege = compile_all(&r.privilege, RuleKind::Privilege);
     RouteSession {
+        mode: r.mode,
         vault: NameGuard::new(&vault),
         strip_request_session_ids: r.strip_request_session_ids,
         on_store_failure: r.on_store_failure,

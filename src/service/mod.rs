@@ -50,7 +50,7 @@ use hyper_util::rt::TokioIo;
 use tracing::{debug, info, warn};
 
 use crate::canon::{self, FramingError, Host, Target};
-use crate::config::{Config, Route, RouteSession, Undecided};
+use crate::config::{Config, Route, RouteSession, SessionMode, Undecided};
 use crate::cookies;
 use crate::error::ProxyError;
 use crate::forms::{self, BodyKind, Inspect};
@@ -68,6 +68,8 @@ use crate::telemetry::{Metrics, RouteMetrics};
 use crate::tls::TlsError;
 use crate::upstream::{self, prepare_response, Outgoing, UpstreamClient};
 use crate::{vault, Body};
+
+mod observe;
 
 /// How long a login waits for the requests already in flight on its session before it
 /// cancels them.
@@ -145,7 +147,37 @@ struct Ctx<'a> {
     closing: Option<Closing>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    fn new(
+        route: &'a Route,
+        rs: &'a RouteSession,
+        conn: &'a ConnInfo,
+        canon: Canonical,
+        timing: &'a UpstreamTime,
+        client: IpAddr,
+    ) -> Ctx<'a> {
+        Ctx {
+            route,
+            rs,
+            conn,
+            timing,
+            client,
+            now: now_ms(),
+            canon,
+            presented: Presented::Absent,
+            kept: Vec::new(),
+            ticket: None,
+            resolved: Resolved::default(),
+            login: None,
+            privilege: false,
+            logout: None,
+            attempt: false,
+            subject: None,
+            claimed: None,
+            closing: None,
+        }
+    }
+
     fn current(&self) -> Option<&Current> {
         self.resolved.current.as_ref()
     }
@@ -236,6 +268,10 @@ impl AppState {
                         (Err(e), _) => Err(e),
                         (Ok(()), None) => {
                             self.proxy_plain(route, &conn, canon, req, &upstream_time)
+                                .await
+                        }
+                        (Ok(()), Some(rs)) if rs.mode == SessionMode::Observe => {
+                            self.proxy_observe(route, rs, &conn, canon, req, &upstream_time)
                                 .await
                         }
                         (Ok(()), Some(rs)) => {
@@ -390,26 +426,8 @@ impl AppState {
         mut req: Request<Body>,
         timing: &UpstreamTime,
     ) -> Result<Response<Body>, ProxyError> {
-        let mut ctx = Ctx {
-            route,
-            rs,
-            conn,
-            timing,
-            client: limit::client_address(route.forwarded, conn.peer.ip(), req.headers()),
-            now: now_ms(),
-            canon,
-            presented: Presented::Absent,
-            kept: Vec::new(),
-            ticket: None,
-            resolved: Resolved::default(),
-            login: None,
-            privilege: false,
-            logout: None,
-            attempt: false,
-            subject: None,
-            claimed: None,
-            closing: None,
-        };
+        let client = limit::client_address(route.forwarded, conn.peer.ip(), req.headers());
+        let mut ctx = Ctx::new(route, rs, conn, canon, timing, client);
         self.session_cookies(&mut ctx, &req);
         self.admit_and_resolve(&mut ctx).await?;
         let upgrade = upstream::requested_upgrade(&req, &ctx.route.upgrades);

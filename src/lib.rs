@@ -31,6 +31,7 @@ pub mod session;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod tools;
 pub mod upstream;
 pub mod vault;
 

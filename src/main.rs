@@ -45,6 +45,23 @@ enum Command {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
+    /// Check a config's login rules.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesAction {
+    /// Replay a HAR file (exported by a browser's developer tools) through the config's
+    /// routing, vault and rules, offline; one line per entry, and a warning for every
+    /// request that looks like a login no rule catches (exit status 1 if there is one).
+    Test {
+        /// The HAR file.
+        #[arg(long)]
+        har: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -60,6 +77,9 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&cli),
         Some(Command::Revoke { ref subject, admin }) => revoke(&cli, subject, admin),
+        Some(Command::Rules {
+            action: RulesAction::Test { ref har },
+        }) => rules_test(&cli, har),
         None => match run(&cli) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -80,6 +100,36 @@ fn check(cli: &Cli) -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn rules_test(cli: &Cli, har: &std::path::Path) -> ExitCode {
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(sessiongate::tools::replay::run(&config, har)) {
+        Ok(report) => {
+            print!("{}", report.text);
+            match report.warnings {
+                0 => ExitCode::SUCCESS,
+                _ => ExitCode::FAILURE,
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
         }
     }
 }

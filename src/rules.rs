@@ -162,6 +162,117 @@ pub fn find<'a>(rules: &'a [Rule], method: &Method, path: &str) -> Option<&'a Ru
     rules.iter().find(|r| r.matches_request(method, path))
 }
 
+/// A route's rules, and the fields that make any request a login attempt.
+pub struct RuleSet<'a> {
+    pub login: &'a [Rule],
+    pub privilege: &'a [Rule],
+    pub logout: &'a [Rule],
+    pub credential_fields: &'a crate::names::NameGuard,
+}
+
+/// What a request is, before its response: written once for the proxy, observe mode and
+/// `rules test`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Matched<'a> {
+    /// The login rule, else the privilege rule (then `privilege`), that applies.
+    pub login: Option<&'a Rule>,
+    pub privilege: bool,
+    /// Only when the request is no login attempt.
+    pub logout: Option<&'a Rule>,
+    /// A login or privilege rule applies, or a credential field was sent.
+    pub attempt: bool,
+}
+
+impl<'a> RuleSet<'a> {
+    /// `body_credentials`: the request's body carried a credential field (or could not be
+    /// read and might have).
+    pub fn classify(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        body_credentials: bool,
+    ) -> Matched<'a> {
+        let mut m = Matched {
+            login: find(self.login, method, path),
+            ..Matched::default()
+        };
+        if m.login.is_none() {
+            // A privilege change is handled as a login: claimed, drained, a new ID.
+            m.login = find(self.privilege, method, path);
+            m.privilege = m.login.is_some();
+        }
+        let in_query = query.is_some_and(|q| {
+            crate::forms::has_credential_field(q.as_bytes(), self.credential_fields)
+        });
+        m.attempt = m.login.is_some() || in_query || body_credentials;
+        if !m.attempt {
+            m.logout = find(self.logout, method, path);
+        }
+        m
+    }
+}
+
+/// What enforcing does with a request's session once the outcome is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing beyond the ordinary (vault updates, touches).
+    Nothing,
+    RotateLogin,
+    RotatePrivilege {
+        revoke_others: bool,
+    },
+    /// A login attempt neither won nor lost: a new ID, not signed in.
+    RotateUndecided,
+    /// Undecided, and the rule says `undecided = "keep"`.
+    KeepUndecided,
+    FailedLogin,
+    Logout,
+}
+
+impl Verdict {
+    pub fn of(m: &Matched<'_>, outcome: Outcome) -> Verdict {
+        if !m.attempt {
+            return match (m.logout, outcome) {
+                (Some(_), Outcome::Success) => Verdict::Logout,
+                _ => Verdict::Nothing,
+            };
+        }
+        match outcome {
+            Outcome::Success if m.privilege => Verdict::RotatePrivilege {
+                revoke_others: m.login.is_some_and(|r| r.revoke_others),
+            },
+            Outcome::Success => Verdict::RotateLogin,
+            Outcome::Failure => Verdict::FailedLogin,
+            Outcome::Undecided => match m.login.map_or(Undecided::Rotate, |r| r.undecided) {
+                Undecided::Rotate => Verdict::RotateUndecided,
+                Undecided::Keep => Verdict::KeepUndecided,
+            },
+        }
+    }
+
+    /// Whether the session gets a new ID.
+    pub fn rotates(self) -> bool {
+        matches!(
+            self,
+            Verdict::RotateLogin | Verdict::RotatePrivilege { .. } | Verdict::RotateUndecided
+        )
+    }
+
+    /// A short name (logs, metrics, `rules test`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Nothing => "none",
+            Verdict::RotateLogin => "rotate_login",
+            Verdict::RotatePrivilege { .. } => "rotate_privilege",
+            Verdict::RotateUndecided => "rotate_undecided",
+            Verdict::KeepUndecided => "keep_undecided",
+            Verdict::FailedLogin => "keep_failed_login",
+            Verdict::Logout => "revoke_logout",
+        }
+    }
+}
+
 /// Reads a form field from an `application/x-www-form-urlencoded` body prefix.
 pub fn form_field(body: &[u8], field: &str) -> Option<String> {
     form_urlencoded::parse(body)

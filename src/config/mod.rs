@@ -122,6 +122,17 @@ pub struct RouteSession {
     pub privilege: Vec<Rule>,
 }
 
+impl RouteSession {
+    pub fn rules(&self) -> crate::rules::RuleSet<'_> {
+        crate::rules::RuleSet {
+            login: &self.login,
+            privilege: &self.privilege,
+            logout: &self.logout,
+            credential_fields: &self.credential_fields,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: Option<SocketAddr>,

@@ -61,7 +61,7 @@ use crate::logging::Millis;
 use crate::names::NameGuard;
 use crate::rotate::{self, Current, Resolved, Sessions};
 use crate::router::Router;
-use crate::rules::{Outcome, ResponseView, Rule, SubjectSource};
+use crate::rules::{Matched, Outcome, ResponseView, Rule, SubjectSource, Verdict};
 use crate::session::{self, ChaChaIds, Presented};
 use crate::store::{now_ms, LoginClaim, SessionStore};
 use crate::telemetry::{Metrics, RouteMetrics};
@@ -175,6 +175,16 @@ impl<'a> Ctx<'a> {
             subject: None,
             claimed: None,
             closing: None,
+        }
+    }
+
+    /// The rules that apply, as `detect_login` found them.
+    fn matched(&self) -> Matched<'a> {
+        Matched {
+            login: self.login,
+            privilege: self.privilege,
+            logout: self.logout,
+            attempt: self.attempt,
         }
     }
 
@@ -623,22 +633,19 @@ impl AppState {
         }
     }
 
-    /// Phase: is this a login attempt (a login rule, or credentials anywhere), a logout?
+    /// Phase: is this a login attempt (a login or privilege rule, or credentials
+    /// anywhere), a logout?
     fn detect_login(&self, ctx: &mut Ctx<'_>, method: &Method) {
-        let path = &ctx.canon.target.path;
-        ctx.login = crate::rules::find(&ctx.rs.login, method, path);
-        if ctx.login.is_none() {
-            // A privilege change is handled as a login: claimed, drained, a new ID.
-            ctx.login = crate::rules::find(&ctx.rs.privilege, method, path);
-            ctx.privilege = ctx.login.is_some();
-        }
-        if let Some(q) = &ctx.canon.target.query {
-            ctx.attempt |= forms::has_credential_field(q.as_bytes(), &ctx.rs.credential_fields);
-        }
-        ctx.attempt |= ctx.login.is_some();
-        if !ctx.attempt {
-            ctx.logout = crate::rules::find(&ctx.rs.logout, method, path);
-        }
+        let m = ctx.rs.rules().classify(
+            method,
+            &ctx.canon.target.path,
+            ctx.canon.target.query.as_deref(),
+            ctx.attempt,
+        );
+        ctx.login = m.login;
+        ctx.privilege = m.privilege;
+        ctx.logout = m.logout;
+        ctx.attempt = m.attempt;
     }
 
     /// Phase: a login attempt on a session claims it in the store (other replicas answer

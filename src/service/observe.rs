@@ -178,30 +178,27 @@ impl AppState {
 
 /// What the rule outcome would have done to the session.
 fn observe_outcome(ctx: &Ctx<'_>, outcome: Outcome, seen: &mut Decisions) {
-    let subject = ctx.subject.as_deref().unwrap_or("-");
-    let undecided = ctx.login.map_or(Undecided::Rotate, |r| r.undecided);
-    if ctx.attempt {
-        let kind = if ctx.privilege { "privilege" } else { "login" };
-        match outcome {
-            Outcome::Success if ctx.privilege => {
-                seen.add("rotate_privilege", format!("subject={subject}"));
-                if ctx.login.is_some_and(|r| r.revoke_others) {
-                    seen.add("revoke_others", format!("subject={subject}"));
-                }
+    let subject = format!("subject={}", ctx.subject.as_deref().unwrap_or("-"));
+    let verdict = Verdict::of(&ctx.matched(), outcome);
+    match verdict {
+        Verdict::Nothing => {}
+        Verdict::RotateLogin => seen.add(verdict.as_str(), subject),
+        Verdict::RotatePrivilege { revoke_others } => {
+            seen.add(verdict.as_str(), subject.clone());
+            if revoke_others {
+                seen.add("revoke_others", subject);
             }
-            Outcome::Success => seen.add("rotate_login", format!("subject={subject}")),
-            Outcome::Undecided if undecided == Undecided::Rotate => {
-                let why = match ctx.login {
-                    Some(_) => format!("{kind} rule: neither success nor failure"),
-                    None => "a credential field, no rule".to_owned(),
-                };
-                seen.add("rotate_undecided", why);
-            }
-            Outcome::Undecided => seen.add("keep_undecided", format!("{kind} rule says keep")),
-            Outcome::Failure => seen.add("keep_failed_login", format!("{kind} rule: failure")),
         }
-    } else if ctx.logout.is_some() && outcome == Outcome::Success {
-        seen.add("revoke_logout", "logout rule: success");
+        Verdict::RotateUndecided if ctx.login.is_none() => seen.add(
+            verdict.as_str(),
+            "a credential field, and no rule says how it went",
+        ),
+        Verdict::RotateUndecided | Verdict::KeepUndecided => seen.add(
+            verdict.as_str(),
+            "the rule found neither success nor failure",
+        ),
+        Verdict::FailedLogin => seen.add(verdict.as_str(), "the rule found a failure"),
+        Verdict::Logout => seen.add(verdict.as_str(), "the logout rule found a success"),
     }
 }
 

@@ -172,6 +172,14 @@ pub async fn inspect(
     }
 }
 
+/// Reads a form field from an `application/x-www-form-urlencoded` body prefix.
+pub fn form_field(body: &[u8], field: &str) -> Option<String> {
+    form_urlencoded::parse(body)
+        .find(|(k, _)| k == field)
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+}
+
 /// Whether any `&`/`;`-separated field of a query string or form names a credential.
 pub fn has_credential_field(fields: &[u8], credentials: &NameGuard) -> bool {
     !credentials.is_empty()
@@ -187,9 +195,7 @@ fn urlencoded(body: Bytes, what: &Inspect<'_>) -> Result<Inspected, FormError> {
         return Err(FormError::TooManyFields);
     }
     let credentials = has_credential_field(&body, what.credentials);
-    let subject = what
-        .subject_field
-        .and_then(|f| crate::rules::form_field(&body, f));
+    let subject = what.subject_field.and_then(|f| form_field(&body, f));
     let mut out = Inspected {
         credentials,
         subject,
@@ -527,5 +533,14 @@ mod tests {
         assert!(has_credential_field(b"username=a&password=b", &c));
         assert!(has_credential_field(b"a=1;PASSWORD=b", &c));
         assert!(!has_credential_field(b"q=password", &c));
+    }
+
+    #[test]
+    fn form_fields() {
+        assert_eq!(
+            form_field(b"username=al%69ce&password=x", "username").as_deref(),
+            Some("alice")
+        );
+        assert_eq!(form_field(b"password=x", "username"), None);
     }
 }

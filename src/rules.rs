@@ -273,14 +273,6 @@ impl Verdict {
     }
 }
 
-/// Reads a form field from an `application/x-www-form-urlencoded` body prefix.
-pub fn form_field(body: &[u8], field: &str) -> Option<String> {
-    form_urlencoded::parse(body)
-        .find(|(k, _)| k == field)
-        .map(|(_, v)| v.into_owned())
-        .filter(|v| !v.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,14 +401,5 @@ mod tests {
             logout.evaluate(&view(500, &HeaderMap::new(), b"")),
             Outcome::Undecided
         );
-    }
-
-    #[test]
-    fn form_fields() {
-        assert_eq!(
-            form_field(b"username=al%69ce&password=x", "username").as_deref(),
-            Some("alice")
-        );
-        assert_eq!(form_field(b"password=x", "username"), None);
     }
 }

@@ -293,37 +293,7 @@ impl AppState {
             },
         };
         let route_name = routed.as_ref().map_or("-", |r| r.name.as_str());
-        let resp = result.unwrap_or_else(|e| {
-            if let Some(reason) = e.rejection_reason() {
-                self.metrics
-                    .rejected
-                    .get_or_create(&crate::telemetry::ReasonLabel { reason })
-                    .inc();
-            }
-            match e.refusal() {
-                // Refusals come per request under a flood: counted, and logged at most
-                // once a second.
-                Some(reason) => {
-                    self.metrics.count_refused(route_name, reason);
-                    if let Some(suppressed) = self.metrics.refusal_log.allow(now_ms()) {
-                        warn!(route = %route_name, reason, suppressed, error = %e, "new sessions refused");
-                    }
-                }
-                // A client's bad requests are its own business and come as fast as it
-                // sends them (slow-body floods, scanners): logged at most once a second
-                // (every one still has its access line and metric). The app's and the
-                // store's failures are the operator's, and each is logged.
-                None if e.side() == crate::error::Side::Client => {
-                    if let Some(suppressed) = self.metrics.client_error_log.allow(now_ms()) {
-                        warn!(route = %route_name, %method, path = %raw_path, side = ?e.side(), suppressed, error = %e, "request failed")
-                    }
-                }
-                None => {
-                    warn!(route = %route_name, %method, path = %raw_path, side = ?e.side(), error = %e, "request failed")
-                }
-            }
-            e.into_response()
-        });
+        let resp = result.unwrap_or_else(|e| self.failed(e, route_name, &method, &raw_path));
         match routed
             .as_ref()
             .and_then(|r| self.route_metrics.get(r.index))
@@ -343,6 +313,40 @@ impl AppState {
             peer = %conn.peer_ip_str(),
         );
         Ok(resp)
+    }
+
+    /// A request that failed: counted, logged (throttled where the client or a flood
+    /// decides how often), and answered with the error's page.
+    fn failed(&self, e: ProxyError, route: &str, method: &Method, path: &str) -> Response<Body> {
+        if let Some(reason) = e.rejection_reason() {
+            self.metrics
+                .rejected
+                .get_or_create(&crate::telemetry::ReasonLabel { reason })
+                .inc();
+        }
+        match e.refusal() {
+            // Refusals come per request under a flood: counted, and logged at most once
+            // a second.
+            Some(reason) => {
+                self.metrics.count_refused(route, reason);
+                if let Some(suppressed) = self.metrics.refusal_log.allow(now_ms()) {
+                    warn!(route = %route, reason, suppressed, error = %e, "new sessions refused");
+                }
+            }
+            // A client's bad requests are its own business and come as fast as it sends
+            // them (slow-body floods, scanners): logged at most once a second (every one
+            // still has its access line and metric). The app's and the store's failures
+            // are the operator's, and each is logged.
+            None if e.side() == crate::error::Side::Client => {
+                if let Some(suppressed) = self.metrics.client_error_log.allow(now_ms()) {
+                    warn!(route = %route, %method, path = %path, side = ?e.side(), suppressed, error = %e, "request failed")
+                }
+            }
+            None => {
+                warn!(route = %route, %method, path = %path, side = ?e.side(), error = %e, "request failed")
+            }
+        }
+        e.into_response()
     }
 
     /// Route-level refusals and removals that do not depend on the session.

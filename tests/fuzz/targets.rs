@@ -466,5 +466,5 @@ pub fn rules(data: &[u8]) {
         login.iter().any(|r| r.matches_request(&method, path))
     );
     let _ = forms::has_credential_field(body, credentials());
-    let _ = rules::form_field(body, "username");
+    let _ = forms::form_field(body, "username");
 }

@@ -45,11 +45,48 @@ enum Command {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
+    /// Find out how an app handles sessions and logins (talking to the app itself, not
+    /// through sessiongate), propose a config for it, and check that config by running a
+    /// session fixation attack through an in-process sessiongate. Exit status 0 when the
+    /// attack is blocked, 1 when it is not, 2 when the probe could not run.
+    Probe(ProbeArgs),
     /// Check a config's login rules.
     Rules {
         #[command(subcommand)]
         action: RulesAction,
     },
+}
+
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// The app's base URL, e.g. http://127.0.0.1:8000.
+    #[arg(long)]
+    app: String,
+    /// The path the login form posts to.
+    #[arg(long)]
+    login_path: String,
+    /// The path that shows the login form (default: --login-path).
+    #[arg(long)]
+    login_page: Option<String>,
+    /// The form field of the user name.
+    #[arg(long, default_value = "username")]
+    user_field: String,
+    /// The form field of the password.
+    #[arg(long, default_value = "password")]
+    pass_field: String,
+    /// A credential that signs in, as USER:PASSWORD.
+    #[arg(long)]
+    good: String,
+    /// A credential that does not, as USER:PASSWORD.
+    #[arg(long)]
+    bad: String,
+    /// The logout path (POST), for a logout rule.
+    #[arg(long)]
+    logout_path: Option<String>,
+    /// A page that shows whether one is signed in (default: where the login redirects,
+    /// else /).
+    #[arg(long)]
+    check: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +114,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&cli),
         Some(Command::Revoke { ref subject, admin }) => revoke(&cli, subject, admin),
+        Some(Command::Probe(ref args)) => probe(args),
         Some(Command::Rules {
             action: RulesAction::Test { ref har },
         }) => rules_test(&cli, har),
@@ -100,6 +138,54 @@ fn check(cli: &Cli) -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe(args: &ProbeArgs) -> ExitCode {
+    let cred = |what: &str, s: &str| match s.split_once(':') {
+        Some((u, p)) => Ok((u.to_owned(), p.to_owned())),
+        None => Err(format!("--{what} takes USER:PASSWORD, got {s:?}")),
+    };
+    let (good, bad) = match (cred("good", &args.good), cred("bad", &args.bad)) {
+        (Ok(g), Ok(b)) => (g, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = sessiongate::tools::probe::ProbeOptions {
+        app: args.app.clone(),
+        login_path: args.login_path.clone(),
+        login_page: args.login_page.clone(),
+        user_field: args.user_field.clone(),
+        pass_field: args.pass_field.clone(),
+        good,
+        bad,
+        logout_path: args.logout_path.clone(),
+        check: args.check.clone(),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(sessiongate::tools::probe::run(&opts)) {
+        Ok(report) => {
+            print!("{report}");
+            match report.blocked {
+                true => ExitCode::SUCCESS,
+                false => ExitCode::FAILURE,
+            }
+        }
+        Err(e) => {
+            eprintln!("probe failed: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -304,6 +304,7 @@ impl App {
                 if stack == Stack::FlaskLogin {
                     args.push(dir.path().join("flask-sessions").display().to_string());
                 }
+                args.extend(extra.iter().map(|e| (*e).to_owned()));
                 (
                     interpreter("SESSIONGATE_E2E_PYTHON", &venv.display().to_string()),
                     args,
@@ -937,6 +938,71 @@ async fn request_in_flight_across_the_login(stack: Stack) {
 
 // ---------------------------------------------------------------- the tests
 
+// ---------------------------------------------------------------- sessiongate probe
+
+fn probe_options(app: &App, good: &str, bad: &str) -> sessiongate::tools::probe::ProbeOptions {
+    sessiongate::tools::probe::ProbeOptions {
+        app: format!("http://{}", app.addr),
+        login_path: "/login".into(),
+        login_page: None,
+        user_field: "username".into(),
+        pass_field: "password".into(),
+        good: ("alice".into(), good.into()),
+        bad: ("alice".into(), bad.into()),
+        logout_path: Some("/logout".into()),
+        check: None,
+    }
+}
+
+async fn probe(
+    opts: &sessiongate::tools::probe::ProbeOptions,
+) -> Result<sessiongate::tools::probe::ProbeReport, sessiongate::tools::probe::ProbeError> {
+    // JSP pages compile on their first request: a minute for the whole probe.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        sessiongate::tools::probe::run(opts),
+    )
+    .await
+    .expect("the probe took over a minute")
+}
+
+/// `sessiongate probe` against the app itself: it finds the flaw, the session cookie and
+/// the login's signals, proposes the config `config_with` writes by hand, and the attack
+/// through an in-process sessiongate with that config is blocked.
+async fn probe_finds_the_flaw_and_a_config_that_blocks_it(stack: Stack) {
+    let app = within("starting the app", App::start(stack)).await;
+    let report = probe(&probe_options(&app, "wonderland", "wrong-password"))
+        .await
+        .unwrap_or_else(|e| panic!("{stack:?}: {e}"));
+    assert!(report.vulnerable(), "{stack:?}:\n{report}");
+    assert!(
+        report.keeps_id_across_login && report.planted_id_signed_in,
+        "{stack:?}:\n{report}"
+    );
+    assert_eq!(
+        report.accepts_client_id,
+        Some(matches!(stack, Stack::Php | Stack::Flask)),
+        "{stack:?}:\n{report}"
+    );
+    assert_eq!(
+        !report.ids_in_pages.is_empty(),
+        matches!(stack, Stack::Php | Stack::Tomcat),
+        "{stack:?}:\n{report}"
+    );
+    assert_eq!(report.vault, [stack.app_cookie()], "{stack:?}:\n{report}");
+    for line in stack.login_criteria().lines() {
+        assert!(
+            report.proposal.contains(line),
+            "{stack:?}: {line:?} missing from the proposal:\n{report}"
+        );
+    }
+    assert!(report.blocked, "{stack:?}:\n{report}");
+    assert!(
+        report.to_string().contains("=> BLOCKED"),
+        "{stack:?}:\n{report}"
+    );
+}
+
 /// One module per stack: the shared checks, plus the stack's own.
 macro_rules! stack_tests {
     ($module:ident, $stack:expr, { $($extra:item)* }) => {
@@ -952,7 +1018,8 @@ macro_rules! stack_tests {
                 login_variants_rotate,
                 credential_fields_catch_unnamed_logins,
                 plain_route_to_the_same_app_filters_the_vault,
-                cookie_spellings_are_dropped);
+                cookie_spellings_are_dropped,
+                probe_finds_the_flaw_and_a_config_that_blocks_it);
             $($extra)*
         }
     };
@@ -1173,7 +1240,84 @@ stack_tests!(php, Stack::Php, {
     }
 });
 
-stack_tests!(flask, Stack::Flask, {});
+stack_tests!(flask, Stack::Flask, {
+    /// The same app doing it right (a new ID at login): the probe says so.
+    #[tokio::test]
+    async fn probe_tells_an_app_that_rotates() {
+        let app = within(
+            "starting the app",
+            App::start_with(Stack::Flask, &["--rotate"]),
+        )
+        .await;
+        let report = probe(&probe_options(&app, "wonderland", "wrong-password"))
+            .await
+            .unwrap();
+        assert!(!report.vulnerable(), "{report}");
+        assert!(
+            !report.keeps_id_across_login && !report.planted_id_signed_in,
+            "{report}"
+        );
+        assert!(
+            report
+                .to_string()
+                .contains("gives a new session ID at login"),
+            "{report}"
+        );
+        assert!(report.blocked, "{report}");
+    }
+
+    /// What the probe cannot work with is said plainly.
+    #[tokio::test]
+    async fn probe_errors_are_clear() {
+        use sessiongate::tools::probe::ProbeError;
+        let app = within("starting the app", App::start(Stack::Flask)).await;
+        let same = probe(&probe_options(&app, "wrong-password", "wrong-password")).await;
+        assert!(
+            matches!(same, Err(ProbeError::Indistinguishable(_))),
+            "{same:?}"
+        );
+        let mut nowhere = probe_options(&app, "wonderland", "wrong-password");
+        nowhere.login_path = "/signin".into();
+        let err = probe(&nowhere).await.err().unwrap();
+        assert!(
+            matches!(err, ProbeError::NoLoginForm { status: 404, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("--login-path"), "{err}");
+        let mut closed = probe_options(&app, "wonderland", "wrong-password");
+        closed.app = format!("http://127.0.0.1:{}", free_port());
+        let err = probe(&closed).await.err().unwrap();
+        assert!(matches!(err, ProbeError::Unreachable { .. }), "{err:?}");
+    }
+
+    /// The command an operator runs: its report, and exit status 0 for a blocked attack.
+    #[tokio::test]
+    async fn probe_command_prints_a_config_to_paste() {
+        let app = within("starting the app", App::start(Stack::Flask)).await;
+        let url = format!("http://{}", app.addr);
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+                .args(["probe", "--app", &url, "--login-path", "/login"])
+                .args(["--good", "alice:wonderland", "--bad", "alice:nope"])
+                .env("RUST_LOG", "error")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        for want in [
+            "VULNERABLE to session fixation",
+            "vault = [\"sid\"]",
+            "success = { status = [200], body_contains = \"Welcome back\" }",
+            "failure = { body_contains = \"Login failed\" }",
+            "=> BLOCKED",
+        ] {
+            assert!(text.contains(want), "{want:?} missing:\n{text}");
+        }
+    }
+});
 stack_tests!(express, Stack::Express, {});
 stack_tests!(flask_login, Stack::FlaskLogin, {});
 stack_tests!(tomcat, Stack::Tomcat, {

@@ -5,7 +5,10 @@ A request carrying a `sid` cookie gets that id as-is, even one the server never 
 empty session is created under the client-chosen id), and the id is never rotated on
 login. Flask's own signed-cookie session is not used.
 
-Usage: python flask_app.py PORT   (binds 127.0.0.1)
+With `--rotate` it is the same app done right: a new id at every login (the session moves
+to it, the old id is dropped), for the tests that must tell a safe app from a vulnerable one.
+
+Usage: python flask_app.py PORT [--rotate]   (binds 127.0.0.1)
 """
 
 import secrets
@@ -17,6 +20,7 @@ from flask import Flask, g, request
 USERS = {"alice": "wonderland", "mallory": "evil"}
 SESSIONS = {}  # session id -> dict
 LOCK = threading.Lock()
+ROTATE = "--rotate" in sys.argv[2:]
 
 app = Flask(__name__)
 
@@ -73,6 +77,12 @@ def login():
     password = request.form.get("password", "")
     if name in USERS and secrets.compare_digest(USERS[name], password):
         g.session["user"] = name  # same sid before and after: the fixation flaw
+        if ROTATE:  # unless told to do it right
+            with LOCK:
+                SESSIONS.pop(g.sid, None)
+                g.sid = secrets.token_urlsafe(24)
+                SESSIONS[g.sid] = g.session
+            g.new_sid = True
         return text(f"Welcome back, {name}\n")
     return text("Login failed\n")
 

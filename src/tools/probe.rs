@@ -435,7 +435,10 @@ impl std::fmt::Display for ProbeReport {
             "   proposed config (paste under your [[routes]] entry for the app):\n"
         )?;
         for line in self.proposal.lines() {
-            writeln!(f, "   {line}")?;
+            match line.is_empty() {
+                true => writeln!(f)?,
+                false => writeln!(f, "   {line}")?,
+            }
         }
         writeln!(f, "\n4. The attack through sessiongate with this config")?;
         for line in &self.verification {

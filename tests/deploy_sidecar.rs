@@ -154,6 +154,8 @@ const COUNTERS_AND_GAUGES: &[&str] = &[
     "sessiongate_config_reloads_total",
     "sessiongate_sessions_evicted_total",
     "sessiongate_sessions_refused_total",
+    "sessiongate_sessions_revoked_by_subject_total",
+    "sessiongate_observe_decisions_total",
     "sessiongate_tokio_tasks",
 ];
 const HISTOGRAMS: &[&str] = &[
@@ -202,6 +204,12 @@ fn the_metric_list_matches_what_the_code_exports() {
         .inc();
     m.count_removed("malformed_cookie", 1);
     m.count_refused("r", "rate");
+    m.observed
+        .get_or_create(&sessiongate::telemetry::RouteDecision {
+            route: "r".into(),
+            decision: "vault_cookie",
+        })
+        .inc();
     let rendered = m.render();
     let mut exported = BTreeSet::new();
     for line in rendered.lines() {

@@ -76,6 +76,12 @@ pub fn starts_session(changes: &[VaultChange]) -> bool {
     changes.iter().any(|c| matches!(c, VaultChange::Set(_)))
 }
 
+/// Rounds of finding and ending a user's sessions ([`Sessions::revoke_subject`]).
+const REVOKE_ROUNDS: usize = 4;
+
+/// The least time a search of the store by subject gets.
+const SEARCH_DEADLINE: Duration = Duration::from_secs(30);
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -119,8 +125,17 @@ impl Sessions {
         op: StoreOp,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, ProxyError> {
+        self.call_within(op, self.store_timeout, fut).await
+    }
+
+    async fn call_within<T>(
+        &self,
+        op: StoreOp,
+        deadline: Duration,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, ProxyError> {
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(self.store_timeout, fut).await {
+        let result = match tokio::time::timeout(deadline, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(ProxyError::Store { op, source: e }),
             Err(_) => Err(ProxyError::Store {
@@ -567,6 +582,11 @@ impl Sessions {
     /// replica can end the streams opened on them. `why` names the occasion in the audit
     /// line (`privilege_change`, `operator`). Other replicas stop serving them within
     /// their cache's staleness (`cache_ttl`), as after a logout.
+    ///
+    /// In rounds: a session that rotated (periodic rotation) or signed in between the
+    /// finding and the ending is live under a key the round did not know, and the next
+    /// round finds it. The search may scan the whole store (file store), so it gets a
+    /// longer deadline than the other store calls.
     pub async fn revoke_subject(
         &self,
         subject: &str,
@@ -574,44 +594,57 @@ impl Sessions {
         why: &str,
         now: u64,
     ) -> Result<Vec<SessionKey>, ProxyError> {
-        use futures_util::StreamExt;
-        let keys = self
-            .call(StoreOp::SessionsOf, self.store.sessions_of(subject))
-            .await?;
         let keep_until = self.tombstone_until(now);
-        // A few at a time: a user may hold many sessions, and each is one transaction.
-        let mut revocations =
-            futures_util::stream::iter(keys.into_iter().filter(|k| Some(k) != except).map(
-                |key| async move {
-                    let ended = self.call(
-                        StoreOp::Revoke,
-                        self.store
-                            .revoke(&key, RevokeReason::SubjectRevoked, keep_until),
-                    );
-                    ended.await.map(|live| live.then_some(key))
-                },
-            ))
-            .buffer_unordered(8);
+        let search = self.store_timeout.max(SEARCH_DEADLINE);
         let mut ended = Vec::new();
+        for _ in 0..REVOKE_ROUNDS {
+            let found = self
+                .call_within(StoreOp::SessionsOf, search, self.store.sessions_of(subject))
+                .await?;
+            let keys: Vec<SessionKey> = found.into_iter().filter(|k| Some(k) != except).collect();
+            if keys.is_empty() {
+                return Ok(ended);
+            }
+            self.revoke_keys(keys, subject, why, keep_until, &mut ended)
+                .await?;
+        }
+        warn!(target: "audit", event = "subject_revoked", why, subject, "sessions of this user kept appearing while they were being ended (someone signing in again and again?): run the revocation again");
+        Ok(ended)
+    }
+
+    /// Revokes `keys`, a few at a time (each is one transaction), each audited and
+    /// counted as soon as it is ended; the first failure is returned after the others.
+    async fn revoke_keys(
+        &self,
+        keys: Vec<SessionKey>,
+        subject: &str,
+        why: &str,
+        keep_until: u64,
+        ended: &mut Vec<SessionKey>,
+    ) -> Result<(), ProxyError> {
+        use futures_util::StreamExt;
+        let mut revocations = futures_util::stream::iter(keys.into_iter().map(|key| async move {
+            let revoked = self.call(
+                StoreOp::Revoke,
+                self.store
+                    .revoke(&key, RevokeReason::SubjectRevoked, keep_until),
+            );
+            revoked.await.map(|live| live.then_some(key))
+        }))
+        .buffer_unordered(8);
         let mut failed = None;
         while let Some(r) = revocations.next().await {
             match r {
-                Ok(Some(key)) => ended.push(key),
+                Ok(Some(key)) => {
+                    self.counters().subject_revoked.inc();
+                    info!(target: "audit", event = "subject_revoked", why, subject, id_hash = %key);
+                    ended.push(key);
+                }
                 Ok(None) => {}
-                // The others are still ended; the error is reported after them.
                 Err(e) => failed = Some(e),
             }
         }
-        self.counters()
-            .subject_revoked
-            .inc_by(u64::try_from(ended.len()).unwrap_or(u64::MAX));
-        for key in &ended {
-            info!(target: "audit", event = "subject_revoked", why, subject, id_hash = %key);
-        }
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(ended),
-        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// After an ordinary response: store captured app cookies (creating an anonymous
@@ -1018,6 +1051,43 @@ mod tests {
         assert!(resolve(&s, &first, due + 5_000).await.current.is_none());
         assert!(resolve(&s, &second, due + 5_000).await.current.is_some());
         assert_eq!(s.counters().periodic_rotated.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn revoking_a_user_finds_a_session_that_rotated_meanwhile() {
+        let store = Arc::new(crate::store::instrumented::Instrumented::default());
+        let s = sessions_on(store.clone(), Duration::ZERO);
+        let (_, cur) = anonymous(&s).await;
+        s.login(
+            Some(&cur),
+            Vec::new(),
+            Some("alice".into()),
+            Signed::Login,
+            ROUTE,
+            T0 + 2,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        store
+            .rotate_on_search
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let ended = s
+            .revoke_subject("alice", None, "operator", T0 + 3)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The first round's key was rotated away before it could be ended; the second
+        // round found its successor.
+        assert_eq!(ended.len(), 1);
+        assert!(
+            store
+                .inner
+                .sessions_of("alice")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_empty(),
+            "a session of alice survived the revocation"
+        );
+        assert_eq!(s.counters().subject_revoked.get(), 1);
     }
 
     #[tokio::test]

@@ -140,7 +140,7 @@ fn check_shows_the_mode() {
     let cfg = dir.path().join("sg.toml");
     std::fs::write(
         &cfg,
-        "[server]\nplain_listen = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"http://127.0.0.1:9\"\n[routes.session]\nmode = \"observe\"\nvault = [\"SID\"]\n",
+        "[server]\nplain_listen = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"http://127.0.0.1:9\"\n[routes.session]\nmode = \"observe\"\nvault = [\"SID\"]\n[[routes]]\nname = \"static\"\npath_prefix = \"/static\"\nupstream = \"http://127.0.0.1:9\"\n",
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sessiongate"))
@@ -153,4 +153,6 @@ fn check_shows_the_mode() {
         text.contains("session (observe: nothing enforced, decisions logged)"),
         "{text}"
     );
+    // While the browser holds the app's cookie, the route beside it lets it through.
+    assert!(!text.contains("filters"), "{text}");
 }

@@ -95,3 +95,47 @@ async fn without_revoke_others_the_other_sessions_stay() {
     assert_eq!(whoami(&mut holding(&proxy, &before)).await, "anonymous");
     assert_eq!(whoami(&mut phone).await, "alice");
 }
+
+/// The rule reads the user from a form field, but on a signed-in session the user is the
+/// one who signed in: mallory naming alice in her own "sudo" form neither becomes alice
+/// nor ends alice's sessions.
+#[tokio::test]
+async fn a_form_field_cannot_name_another_user() {
+    let app = LegacyApp::start().await;
+    let text = config(&app, true).replace(
+        "revoke_others = true",
+        "revoke_others = true\nsubject = { form_field = \"username\" }",
+    );
+    let proxy = Proxy::start(&text).await;
+    let mut alice = Browser::new(&proxy);
+    let mut mallory = Browser::new(&proxy);
+    login(&mut alice, "alice").await;
+    login(&mut mallory, "mallory").await;
+    let r = mallory
+        .post_form(
+            "/sudo",
+            &[("username", "alice"), ("password", "pw-mallory")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(whoami(&mut mallory).await, "mallory+admin");
+    assert_eq!(
+        whoami(&mut alice).await,
+        "alice",
+        "mallory ended alice's session"
+    );
+    // Revoking mallory finds her elevated session: it is still hers.
+    let out = tokio::task::spawn_blocking({
+        let admin = proxy.admin.unwrap().to_string();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+                .args(["revoke", "--subject", "mallory", "--admin", &admin])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ended 1 sessions\n");
+    assert_eq!(whoami(&mut mallory).await, "anonymous");
+}

@@ -1065,7 +1065,9 @@ fn compile_route(i: usize, r: &RawRoute, session: &SessionConfig, p: &mut Proble
 }
 
 /// Every route gets, as its protected names, the vault of every session route in front of
-/// the same upstream (scheme and authority), its own included.
+/// the same upstream (scheme and authority), its own included. A route in observe mode
+/// protects nothing on the others: the browser holds the app's cookies while it observes,
+/// and the routes beside it must let them through.
 fn protect_shared_upstreams(routes: &mut [Route]) {
     let same_app = |a: &Upstream, b: &Upstream| {
         a.scheme == b.scheme
@@ -1079,6 +1081,12 @@ fn protect_shared_upstreams(routes: &mut [Route]) {
             let names: Vec<String> = routes
                 .iter()
                 .filter(|o| same_app(&o.upstream, &r.upstream))
+                .filter(|o| {
+                    std::ptr::eq(*o, r)
+                        || o.session
+                            .as_ref()
+                            .is_some_and(|s| s.mode == SessionMode::Enforce)
+                })
                 .filter_map(|o| o.session.as_ref())
                 .flat_map(|s| s.vault.names().iter().cloned())
                 .collect();

@@ -258,8 +258,7 @@ impl AppState {
         });
         let started = Instant::now();
         let method = req.method().clone();
-        // Only the path: query strings can carry session IDs and personal data.
-        let raw_path = req.uri().path().to_owned();
+        let raw_path = logged_path(req.uri().path());
         let mut routed: Option<Arc<Route>> = None;
         let upstream_time = UpstreamTime::default();
         let result = match read_request(&mut req) {
@@ -916,12 +915,14 @@ impl AppState {
         let current = ctx.current();
         let (signed, subject) = match ctx.privilege {
             false => (rotate::Signed::Login, ctx.subject.clone()),
-            // The user stays who they were, unless the rule says where to read it.
+            // The user stays who they were: what the client sent (a form field the rule
+            // names) is read only for a session nobody signed in to, or a client could
+            // name another user and have that user's sessions ended.
             true => (
                 rotate::Signed::Privilege,
-                ctx.subject
-                    .clone()
-                    .or_else(|| current.and_then(|c| c.record.subject.clone())),
+                current
+                    .and_then(|c| c.record.subject.clone())
+                    .or_else(|| ctx.subject.clone()),
             ),
         };
         let (cookie, key) = self
@@ -1023,6 +1024,18 @@ impl AppState {
                 .then(|| sessions.expired_cookie())
         }))
     }
+}
+
+/// The path as logged: without the query and without `;params`, which can carry session
+/// IDs (`;jsessionid=` from an app's URL rewriting) and personal data.
+fn logged_path(path: &str) -> String {
+    if !path.contains(';') {
+        return path.to_owned();
+    }
+    path.split('/')
+        .map(|segment| segment.split(';').next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Phase (before routing): the canonical reading of the request.
@@ -1247,5 +1260,18 @@ async fn relay_upgraded(relay: Relay, guard: Option<TunnelGuard>) {
     tokio::select! {
         () = copy => {}
         () = ended => debug!("a login or logout on its session closed a tunnel"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logged_path;
+
+    #[test]
+    fn logged_paths_lose_their_params() {
+        assert_eq!(logged_path("/a/b"), "/a/b");
+        assert_eq!(logged_path("/account;jsessionid=0A1B"), "/account");
+        assert_eq!(logged_path("/a;x=1/b;SID=2;y/c"), "/a/b/c");
+        assert_eq!(logged_path(";only"), "");
     }
 }

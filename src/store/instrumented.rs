@@ -25,6 +25,9 @@ pub(crate) struct Instrumented {
     pub create_delay: Duration,
     /// While set, every creation fails with a timeout.
     pub fail_creates: AtomicBool,
+    /// Once set, the next search by subject rotates (periodically) every session it
+    /// found after listing it: what a rotation racing the search looks like.
+    pub rotate_on_search: AtomicBool,
 }
 
 #[async_trait]
@@ -82,6 +85,24 @@ impl SessionStore for Instrumented {
         self.inner.sweep(n).await
     }
     async fn sessions_of(&self, s: &str) -> Result<Vec<SessionKey>, StoreError> {
-        self.inner.sessions_of(s).await
+        let found = self.inner.sessions_of(s).await?;
+        if self.rotate_on_search.swap(false, Ordering::SeqCst) {
+            for (i, key) in found.iter().enumerate() {
+                let mut successor = key.0;
+                successor[0] ^= 0xff;
+                successor[1] = successor[1].wrapping_add(u8::try_from(i).unwrap_or(0));
+                let rotation = Rotation {
+                    changes: Vec::new(),
+                    authenticate: None,
+                    now: 1,
+                    expires_at: u64::MAX,
+                    old_becomes: super::OldKey::Grace { until: u64::MAX },
+                };
+                self.inner
+                    .rotate(key, &SessionKey(successor), &rotation)
+                    .await?;
+            }
+        }
+        Ok(found)
     }
 }

@@ -33,6 +33,8 @@ pub trait AdminView: Clone + Send + Sync + 'static {
     fn metrics(&self) -> String;
     /// The session routes in observe mode (nothing enforced), for `/readyz`.
     fn observing(&self) -> Vec<String>;
+    /// Who may revoke: the config's token, and whether the listener is on loopback.
+    fn revoke_access(&self) -> RevokeAccess;
     /// Ends every session signed in as `subject`; how many it ended.
     fn revoke_subject(
         &self,
@@ -43,6 +45,47 @@ pub trait AdminView: Clone + Send + Sync + 'static {
 /// The path of the revocation endpoint, and the header it requires.
 pub const REVOKE_PATH: &str = "/sessions/revoke";
 pub const REVOKE_HEADER: &str = "x-sessiongate-admin";
+
+/// Who may use the revocation endpoint.
+pub enum RevokeAccess {
+    /// Whoever reaches the listener (it is on loopback, and no token is set).
+    Local,
+    /// Only a request with `Authorization: Bearer <token>` (`admin.token_file`).
+    Token(crate::config::Secret),
+    /// Nobody: the listener is not on loopback and no token is set.
+    Closed,
+}
+
+/// A `Host` that names an address, not a domain: a page whose domain was re-pointed at
+/// the admin listener (DNS rebinding) sends its own domain.
+fn host_is_an_address(req: &Request<Incoming>) -> bool {
+    let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let name = match host.rsplit_once(':') {
+        Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Whether the request presents the token (compared as digests, so that the time taken
+/// says nothing about how much of it matched).
+fn presents(req: &Request<Incoming>, token: &crate::config::Secret) -> bool {
+    use sha2::{Digest, Sha256};
+    let sent = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    Sha256::digest(sent.trim().as_bytes()) == Sha256::digest(token.0.as_bytes())
+}
 
 /// Serves until the task is aborted: it stays up while the proxy drains, so that the
 /// orchestrator sees `/readyz` turn 503 and stops sending traffic.
@@ -127,6 +170,28 @@ async fn revoke<H: AdminView>(handle: &H, req: &Request<Incoming>) -> Response<B
             "send the X-Sessiongate-Admin header (any value): `sessiongate revoke` does\n",
         );
     }
+    if !host_is_an_address(req) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "the Host must be the listener's address or localhost\n",
+        );
+    }
+    match handle.revoke_access() {
+        RevokeAccess::Local => {}
+        RevokeAccess::Token(token) if presents(req, &token) => {}
+        RevokeAccess::Token(_) => {
+            return text(
+                StatusCode::UNAUTHORIZED,
+                "send Authorization: Bearer <the content of admin.token_file>\n",
+            )
+        }
+        RevokeAccess::Closed => {
+            return text(
+                StatusCode::FORBIDDEN,
+                "revocation on an admin listener outside loopback needs admin.token_file\n",
+            )
+        }
+    }
     let subject = form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "subject")
         .map(|(_, v)| v.into_owned());
@@ -147,6 +212,7 @@ async fn revoke<H: AdminView>(handle: &H, req: &Request<Incoming>) -> Response<B
 pub async fn request_revoke(
     admin: std::net::SocketAddr,
     subject: &str,
+    token: Option<&crate::config::Secret>,
 ) -> Result<String, crate::BoxError> {
     use http_body_util::BodyExt;
     let deadline = std::time::Duration::from_secs(60);
@@ -157,10 +223,13 @@ pub async fn request_revoke(
         let query: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("subject", subject)
             .finish();
-        let req = Request::post(format!("{REVOKE_PATH}?{query}"))
+        let mut req = Request::post(format!("{REVOKE_PATH}?{query}"))
             .header(header::HOST, admin.to_string())
-            .header(REVOKE_HEADER, "revoke")
-            .body(full_body(""))?;
+            .header(REVOKE_HEADER, "revoke");
+        if let Some(token) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {}", token.0));
+        }
+        let req = req.body(full_body(""))?;
         let resp = send.send_request(req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();

@@ -168,6 +168,16 @@ impl crate::admin::AdminView for ServerHandle {
             .collect()
     }
 
+    fn revoke_access(&self) -> crate::admin::RevokeAccess {
+        use crate::admin::RevokeAccess;
+        let admin = &self.current().state.config.admin;
+        match (&admin.token, admin.listen) {
+            (Some(token), _) => RevokeAccess::Token(token.clone()),
+            (None, Some(addr)) if addr.ip().is_loopback() => RevokeAccess::Local,
+            (None, _) => RevokeAccess::Closed,
+        }
+    }
+
     async fn revoke_subject(&self, subject: &str) -> Result<usize, String> {
         let state = self.current().state.clone();
         state

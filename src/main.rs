@@ -221,23 +221,26 @@ fn rules_test(cli: &Cli, har: &std::path::Path) -> ExitCode {
 }
 
 fn revoke(cli: &Cli, subject: &str, admin: Option<std::net::SocketAddr>) -> ExitCode {
-    let addr = match admin {
-        Some(a) => a,
-        None => match Config::load(&cli.config).map(|c| c.admin.listen) {
-            Ok(Some(a)) => a,
-            Ok(None) => {
+    // The config names the listener and the token; with --admin it is read if it can be.
+    let config = Config::load(&cli.config);
+    let addr = match (admin, &config) {
+        (Some(a), _) => a,
+        (None, Ok(c)) => match c.admin.listen {
+            Some(a) => a,
+            None => {
                 eprintln!(
                     "{}: no [admin] listen address; give one with --admin IP:PORT",
                     cli.config.display()
                 );
                 return ExitCode::FAILURE;
             }
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::FAILURE;
-            }
         },
+        (None, Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
     };
+    let token = config.ok().and_then(|c| c.admin.token);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -248,7 +251,11 @@ fn revoke(cli: &Cli, subject: &str, admin: Option<std::net::SocketAddr>) -> Exit
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sessiongate::admin::request_revoke(addr, subject)) {
+    match runtime.block_on(sessiongate::admin::request_revoke(
+        addr,
+        subject,
+        token.as_ref(),
+    )) {
         Ok(answer) => {
             print!("{answer}");
             ExitCode::SUCCESS

@@ -152,6 +152,7 @@ fn sample(key: &str, files: &Files) -> toml::Value {
         "tls.certificates[].cert" => s(&files.cert),
         "tls.certificates[].key" => s(&files.key),
         "admin.listen" => s("127.0.0.1:9901"),
+        "admin.token_file" => s(&files.token),
         "store.path" => s("sessions.redb"),
         "store.project_id" => s("my-project"),
         "upstream.ca_file" => s(&files.cert),
@@ -166,6 +167,7 @@ struct Files {
     _dir: tempfile::TempDir,
     cert: String,
     key: String,
+    token: String,
 }
 
 fn files() -> Files {
@@ -178,9 +180,12 @@ fn files() -> Files {
     let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
     std::fs::write(&c, cert.pem()).unwrap();
     std::fs::write(&k, key.serialize_pem()).unwrap();
+    let t = dir.path().join("admin.token");
+    std::fs::write(&t, "0123456789abcdef0123456789abcdef").unwrap();
     Files {
         cert: c.display().to_string(),
         key: k.display().to_string(),
+        token: t.display().to_string(),
         _dir: dir,
     }
 }

@@ -355,6 +355,18 @@ async fn an_operator_ends_every_session_of_a_user() {
         .0,
         400
     );
+    // A page whose domain was re-pointed at the listener (DNS rebinding) sends its own Host.
+    assert_eq!(
+        admin_send(
+            admin,
+            "POST",
+            path,
+            &[("x-sessiongate-admin", "1"), ("host", "evil.example")]
+        )
+        .await
+        .0,
+        403
+    );
     assert_eq!(whoami(&mut alice_laptop).await, "alice");
 
     let cli = |subject: &'static str| {
@@ -385,4 +397,73 @@ async fn an_operator_ends_every_session_of_a_user() {
     // Nothing left to end.
     let out = cli("alice").await.unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ended 0 sessions\n");
+}
+
+/// With `admin.token_file`, revocation needs the token; `sessiongate revoke` reads it from
+/// the config. Without one, an admin listener outside loopback does not revoke at all.
+#[tokio::test]
+async fn revocation_takes_the_token_when_one_is_set() {
+    let app = LegacyApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let pki = Arc::new(Pki::new());
+    let text = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n{}",
+        base_config(&pki),
+        token_file.display(),
+        app.route_config("")
+    );
+    let proxy = Proxy::start_with(pki.clone(), &text).await;
+    let admin = proxy.admin.unwrap();
+    let mut alice = Browser::new(&proxy);
+    login(&mut alice, "alice").await;
+    let path = "/sessions/revoke?subject=alice";
+    let header = ("x-sessiongate-admin", "1");
+    assert_eq!(admin_send(admin, "POST", path, &[header]).await.0, 401);
+    let wrong = ("authorization", "Bearer 0123456789abcdef0123456789abcdee");
+    assert_eq!(
+        admin_send(admin, "POST", path, &[header, wrong]).await.0,
+        401
+    );
+    assert_eq!(whoami(&mut alice).await, "alice");
+
+    let cfg = dir.path().join("sg.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+            .args([
+                "--config",
+                cfg.to_str().unwrap(),
+                "revoke",
+                "--subject",
+                "alice",
+            ])
+            .args(["--admin", &admin.to_string()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ended 1 sessions\n",
+        "{out:?}"
+    );
+    assert_eq!(whoami(&mut alice).await, "anonymous");
+
+    // Outside loopback and without a token: closed.
+    let open = Proxy::start_with(
+        pki.clone(),
+        &format!(
+            "{}\n[admin]\nlisten = \"0.0.0.0:0\"\n{}",
+            base_config(&pki),
+            app.route_config("")
+        ),
+    )
+    .await;
+    let port = open.admin.unwrap().port();
+    let (status, body) = admin_send(([127, 0, 0, 1], port).into(), "POST", path, &[header]).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("admin.token_file"), "{body}");
 }

@@ -42,6 +42,9 @@ pub struct RawAdmin {
     /// `IP:PORT`; keep it on 127.0.0.1 (or the pod network only): it is unauthenticated.
     /// Without it there is no admin listener.
     pub listen: Option<Spanned<String>>,
+    /// A file holding a secret that `POST /sessions/revoke` must present as a bearer
+    /// token; required for revocation on an admin listener that is not on loopback.
+    pub token_file: Option<Spanned<PathBuf>>,
 }
 
 /// sessiongate's own session cookie and session lifetimes (all routes).

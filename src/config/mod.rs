@@ -46,6 +46,18 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
+    /// The secret `POST /sessions/revoke` must present (`admin.token_file`).
+    pub token: Option<Secret>,
+}
+
+/// A secret from the config: compared, never shown (`Debug` redacts it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 /// New sessions per client address: so many per minute, in bursts of at most so many.
@@ -456,6 +468,7 @@ fn validate(raw: RawConfig, text: &str, base: &Path) -> Result<Config, Vec<Probl
     let routes = validate_routes(&raw.routes, &session, &mut p);
     let admin = AdminConfig {
         listen: parse_addr("admin.listen", &raw.admin.listen, &mut p),
+        token: admin_token(&raw.admin, base, &mut p),
     };
 
     if p.list.is_empty() {
@@ -553,6 +566,31 @@ fn validate_server(raw: &RawConfig, p: &mut Problems) -> ServerConfig {
         header_read_timeout: s.header_read_timeout,
         tls_handshake_timeout: s.tls_handshake_timeout,
         shutdown_grace: s.shutdown_grace,
+    }
+}
+
+/// The revocation token: the file's content without surrounding whitespace, at least 16
+/// bytes (a token anyone could guess is no protection).
+fn admin_token(raw: &file::RawAdmin, base: &Path, p: &mut Problems) -> Option<Secret> {
+    let file = raw.token_file.as_ref()?;
+    match std::fs::read_to_string(resolve(base, file.get_ref())) {
+        Ok(text) if text.trim().len() >= 16 => Some(Secret(text.trim().to_owned())),
+        Ok(_) => {
+            p.add(
+                "admin.token_file",
+                Some(file.span()),
+                "the token must be at least 16 characters, e.g. `openssl rand -hex 32 > FILE`",
+            );
+            None
+        }
+        Err(e) => {
+            p.add(
+                "admin.token_file",
+                Some(file.span()),
+                format!("cannot read {}: {e}", file.get_ref().display()),
+            );
+            None
+        }
     }
 }
 

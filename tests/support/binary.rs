@@ -142,10 +142,10 @@ pub async fn admin_send(
     headers: &[(&str, &str)],
 ) -> (u16, String) {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "admin");
+    let mut req = Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", addr.to_string());
+    }
     for (k, v) in headers {
         req = req.header(*k, *v);
     }

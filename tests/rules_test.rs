@@ -182,3 +182,39 @@ fn what_is_not_a_har_file_is_a_clear_error() {
     assert_eq!(code, 2);
     assert!(report.contains("cannot read"), "{report}");
 }
+
+#[test]
+fn traffic_the_config_does_not_cover_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    // The routes are for another host: nothing of the recording is checked.
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        "[server]\nplain_listen = \"127.0.0.1:0\"\n[[routes]]\nhost = \"shop.example\"\nupstream = \"http://127.0.0.1:9\"\n[routes.session]\nvault = [\"PHPSESSID\"]\n",
+    )
+    .unwrap();
+    let (code, report) = rules_test(&other, &har("php"));
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        report.contains("no entry falls on a session route"),
+        "{report}"
+    );
+    assert!(report.contains("no session route covers"), "{report}");
+
+    // The login is on a plain route in front of the same app.
+    let plain = config(
+        dir.path(),
+        "vault = [\"PHPSESSID\"]\n[[routes]]\nname = \"auth\"\npath_prefix = \"/login\"\nupstream = \"http://127.0.0.1:9\"",
+    );
+    let (code, report) = rules_test(&plain, &har("php"));
+    assert_eq!(code, 1, "{report}");
+    let good = line(&report, "POST /login ", 1);
+    assert!(
+        good.contains("route=auth (no session protection)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("password-like field(s) [\"password\"] are sent to /login, which no session route covers"),
+        "{report}"
+    );
+}

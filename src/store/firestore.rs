@@ -455,20 +455,18 @@ impl SessionStore for FirestoreStore {
             .query()
             .await
             .map_err(store_error)?;
-        let mut out = Vec::with_capacity(docs.len());
-        for doc in &docs {
-            let id = doc.name.rsplit('/').next().unwrap_or_default();
-            let key = SessionKey::from_hex(id)
-                .ok_or_else(|| StoreError::Corrupt(format!("a document named {id:?}")))?;
-            let decoded: Doc = firestore::firestore_document_to_serializable(doc)
-                .map_err(|e| StoreError::Corrupt(format!("session {key}: {e}")))?;
-            if decoded
-                .into_entry(&key)
-                .is_ok_and(|e| transition::belongs_to(&e, subject))
-            {
-                out.push(key);
-            }
-        }
+        // A document that cannot be read (damaged, foreign) is skipped, as the file store
+        // skips unreadable rows: one bad document must not keep a user's sessions alive.
+        let out = docs
+            .iter()
+            .filter_map(|doc| {
+                let id = doc.name.rsplit('/').next().unwrap_or_default();
+                let key = SessionKey::from_hex(id)?;
+                let decoded: Doc = firestore::firestore_document_to_serializable(doc).ok()?;
+                let entry = decoded.into_entry(&key).ok()?;
+                transition::belongs_to(&entry, subject).then_some(key)
+            })
+            .collect();
         Ok(out)
     }
 

@@ -475,7 +475,7 @@ pub async fn run(opts: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     let oracle = Oracle::new(&client, opts, &login, &answers).await?;
     check_the_app(&client, &login, &session, &oracle, &mut report).await?;
     report.proposal = propose(opts, &login, &session, &answers)?;
-    verify(&client, opts, &login, &oracle, &mut report).await?;
+    verify(&client, opts, &login, &oracle, &answers, &mut report).await?;
     Ok(report)
 }
 
@@ -836,8 +836,13 @@ fn propose(
     if let Some(to) = good.location().filter(|l| Some(*l) != bad.location()) {
         // The path only: Tomcat appends `;jsessionid=`, others a query.
         let path = same_origin_path(to).unwrap_or_else(|| to.to_owned());
-        let path = path.split([';', '?']).next().unwrap_or("/");
-        let regex = format!("^{}", regex::escape(path));
+        let path = path.split([';', '?', '#']).next().unwrap_or("/");
+        // That path and no longer one (`/` must not match `/login?error`), relative or
+        // absolute (older Werkzeug and Tomcat send absolute URLs).
+        let regex = format!(
+            "^(https?://[^/]+)?{}/?([?;#]|$)",
+            regex::escape(path.trim_end_matches('/'))
+        );
         success.push(format!(
             "header = {{ name = \"location\", regex = {} }}",
             toml_str(&regex)
@@ -887,6 +892,7 @@ async fn verify(
     opts: &ProbeOptions,
     login: &Login,
     oracle: &Oracle,
+    answers: &Answers,
     report: &mut ProbeReport,
 ) -> Result<(), ProbeError> {
     let app = opts.app.trim_end_matches('/');
@@ -898,6 +904,7 @@ async fn verify(
     let config = crate::Config::from_toml(&text, std::path::Path::new("."))
         .map_err(|e| ProbeError::Verify(e.to_string()))?;
     let sg = config.session.cookie_name.clone();
+    judge_recorded(&config, answers)?;
     let server = crate::Server::bind(config)
         .await
         .map_err(|e| ProbeError::Verify(e.to_string()))?;
@@ -919,6 +926,34 @@ async fn verify(
     let _ = stop.send(());
     let _ = running.await;
     result
+}
+
+/// The proposed login rule, as sessiongate compiled it, on the two recorded answers: it
+/// must take the good one for a success and the bad one for anything but.
+fn judge_recorded(config: &crate::Config, answers: &Answers) -> Result<(), ProbeError> {
+    let rule = config
+        .routes
+        .first()
+        .and_then(|r| r.session.as_ref())
+        .and_then(|s| s.login.first())
+        .ok_or_else(|| ProbeError::Verify("the proposal has no login rule".into()))?;
+    let judge = |a: &Answer| {
+        rule.evaluate(&crate::rules::ResponseView {
+            status: a.status,
+            headers: &a.headers,
+            body: &a.body[..a.body.len().min(rule.body_peek)],
+        })
+    };
+    use crate::rules::Outcome;
+    match (judge(&answers.good), judge(&answers.bad)) {
+        (Outcome::Success, Outcome::Success) => Err(ProbeError::Indistinguishable(
+            "the proposed rule takes the bad login for a success too".into(),
+        )),
+        (Outcome::Success, _) => Ok(()),
+        (other, _) => Err(ProbeError::Verify(format!(
+            "the proposed rule finds the good login {other:?}, not a success"
+        ))),
+    }
 }
 
 /// A client towards the in-process sessiongate, and its cookie's name.

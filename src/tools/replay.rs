@@ -109,6 +109,8 @@ pub enum ReplayError {
 pub struct Report {
     pub text: String,
     pub warnings: usize,
+    /// Entries that fell on a session route.
+    protected: usize,
 }
 
 /// Field names a login form uses for its secret that `credential_fields` may not list:
@@ -129,11 +131,19 @@ pub async fn run(config: &Config, path: &std::path::Path) -> Result<Report, Repl
     let mut out = Report {
         text: String::new(),
         warnings: 0,
+        protected: 0,
     };
     let mut any_cookie = false;
     for (i, entry) in har.log.entries.iter().enumerate() {
         any_cookie |= has_cookie_headers(entry);
         replay_entry(&router, i + 1, entry, &mut out).await;
+    }
+    if out.protected == 0 && !har.log.entries.is_empty() {
+        out.warn(
+            0,
+            "no entry falls on a session route: was the HAR recorded against other hosts or \
+             paths than the config's routes? Nothing was checked",
+        );
     }
     if !any_cookie && !har.log.entries.is_empty() {
         let creator = har.log.creator.as_ref().map_or("", |c| c.name.as_str());
@@ -215,16 +225,32 @@ async fn replay_entry(router: &Router, n: usize, entry: &HarEntry, out: &mut Rep
     };
     let req_headers = header_map(&req.headers);
     let host = uri.host().map(|h| h.to_ascii_lowercase());
+    let secret_like = secret_like_fields(req, target.query.as_deref());
+    let unprotected = |out: &mut Report, what: &str| {
+        let _ = writeln!(out.text, "{what}");
+        if !secret_like.is_empty() {
+            out.warn(
+                n,
+                &format!(
+                    "password-like field(s) {secret_like:?} are sent to {}, which no session \
+                     route covers: a login there would go unprotected",
+                    target.path
+                ),
+            );
+        }
+    };
     let Some(route) = router.route(host.as_deref(), &target.path) else {
-        let _ = writeln!(out.text, ": no route (404)");
+        unprotected(out, ": no route (404)");
         return;
     };
     let _ = write!(out.text, "  route={}", route.name);
     let Some(rs) = &route.session else {
-        let _ = writeln!(out.text, " (no session protection)");
+        unprotected(out, " (no session protection)");
         return;
     };
-    let body = read_post(route, &method, req, &req_headers).await;
+    out.protected += 1;
+    let mut body = read_post(route, &method, req, &req_headers).await;
+    body.secret_like = secret_like;
     let m = rs.rules().classify(
         &method,
         &target.path,
@@ -233,9 +259,13 @@ async fn replay_entry(router: &Router, n: usize, entry: &HarEntry, out: &mut Rep
     );
     let rule = m.login.or(m.logout);
     let resp_headers = header_map(&entry.response.headers);
+    let mut note = "";
     let outcome = match rule {
         Some(rule) => {
             let text = response_body(&entry.response);
+            if rule.needs_body() && text.is_empty() {
+                note = " (no body in the HAR: the body criteria read nothing)";
+            }
             let peek = &text[..text.len().min(rule.body_peek)];
             rule.evaluate(&ResponseView {
                 status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
@@ -265,7 +295,7 @@ async fn replay_entry(router: &Router, n: usize, entry: &HarEntry, out: &mut Rep
         if verdict.rotates() { "yes" } else { "no" }
     );
     write_vaulted(out, &rs.vault, &req_headers, &resp_headers);
-    let _ = writeln!(out.text);
+    let _ = writeln!(out.text, "{note}");
     warn_missed_logins(out, n, &m, rule.is_some(), &body, &target, rs);
 }
 
@@ -308,13 +338,14 @@ fn write_vaulted(out: &mut Report, vault: &NameGuard, req: &HeaderMap, resp: &He
     }
 }
 
-/// What the request body told: a credential field, password-like fields, or nothing
-/// readable where a form was sent.
+/// What the request told: a credential field, password-like fields, or nothing readable
+/// where a form was sent.
 #[derive(Default)]
 struct BodyFacts {
     credentials: bool,
-    secret_like: Vec<String>,
     unreadable: bool,
+    /// Password-like field names of the query and the body ([`secret_like_fields`]).
+    secret_like: Vec<String>,
 }
 
 async fn read_post(
@@ -366,17 +397,29 @@ async fn read_post(
             Err(_) => facts.unreadable = true,
         }
     }
-    facts.secret_like = form_urlencoded::parse(text.as_bytes())
+    facts
+}
+
+/// Field names of the query and the form body that look like a secret's
+/// ([`SECRET_HINTS`]), whatever the config says.
+fn secret_like_fields(req: &HarRequest, query: Option<&str>) -> Vec<String> {
+    let body = req.post_data.as_ref();
+    let text = body.and_then(|p| p.text.as_deref()).unwrap_or_default();
+    let mut names: Vec<String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .chain(form_urlencoded::parse(text.as_bytes()))
         .map(|(k, _)| k.into_owned())
-        .chain(post.params.iter().map(|p| p.name.clone()))
+        .chain(
+            body.iter()
+                .flat_map(|p| p.params.iter().map(|f| f.name.clone())),
+        )
         .filter(|k| {
             let lower = k.to_ascii_lowercase();
             SECRET_HINTS.iter().any(|h| lower.contains(h))
         })
         .collect();
-    facts.secret_like.sort();
-    facts.secret_like.dedup();
-    facts
+    names.sort();
+    names.dedup();
+    names
 }
 
 fn response_body(resp: &HarResponse) -> Vec<u8> {

@@ -212,6 +212,10 @@ async fn close_idle(slots: Weak<Vec<Arc<Slot>>>, idle_timeout: Duration) {
     }
 }
 
+/// How long a connection whose exchange is not finished yet may take to be reusable
+/// before it is closed instead of pooled.
+const RETURN_WAIT: Duration = Duration::from_secs(30);
+
 /// A connection on its way back to its slot.
 struct Return {
     sender: SendRequest<Body>,
@@ -229,9 +233,11 @@ impl Return {
             return;
         }
         // hyper has not yet seen the end of the exchange (rare: the body ended before the
-        // connection's task ran): wait for it off the request's path.
+        // connection's task ran, or the app answered before the client's upload ended):
+        // wait for it off the request's path, for a while.
         tokio::spawn(async move {
-            if self.sender.ready().await.is_ok() {
+            let ready = tokio::time::timeout(RETURN_WAIT, self.sender.ready()).await;
+            if matches!(ready, Ok(Ok(()))) {
                 self.slot.push(self.sender, self.max_idle);
             }
         });

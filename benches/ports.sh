@@ -1,4 +1,4 @@
-# Loopback port helpers shared by the bench scripts (sourced, not run).
+# Helpers shared by the bench scripts (sourced, not run): loopback ports, a test certificate.
 
 # A port free on 127.0.0.1 now.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -10,4 +10,11 @@ wait_port() {
     sleep 0.1
   done
   echo "port $1 never opened" >&2; exit 1
+}
+
+# A throw-away P-256 certificate for localhost: DIR/cert.pem and DIR/key.pem.
+localhost_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+    -keyout "$1/key.pem" -out "$1/cert.pem" 2>/dev/null
 }

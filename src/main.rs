@@ -142,6 +142,21 @@ fn check(cli: &Cli) -> ExitCode {
     }
 }
 
+/// The single-threaded runtime a command runs on; `None` (said on stderr) if it cannot
+/// start.
+fn tool_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
 fn probe(args: &ProbeArgs) -> ExitCode {
     let cred = |what: &str, s: &str| match s.split_once(':') {
         Some((u, p)) => Ok((u.to_owned(), p.to_owned())),
@@ -165,15 +180,8 @@ fn probe(args: &ProbeArgs) -> ExitCode {
         logout_path: args.logout_path.clone(),
         check: args.check.clone(),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(runtime) = tool_runtime() else {
+        return ExitCode::from(2);
     };
     match runtime.block_on(sessiongate::tools::probe::run(&opts)) {
         Ok(report) => {
@@ -198,12 +206,8 @@ fn rules_test(cli: &Cli, har: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(runtime) = tool_runtime() else {
+        return ExitCode::from(2);
     };
     match runtime.block_on(sessiongate::tools::replay::run(&config, har)) {
         Ok(report) => {
@@ -241,15 +245,8 @@ fn revoke(cli: &Cli, subject: &str, admin: Option<std::net::SocketAddr>) -> Exit
         }
     };
     let token = config.ok().and_then(|c| c.admin.token);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = tool_runtime() else {
+        return ExitCode::from(2);
     };
     match runtime.block_on(sessiongate::admin::request_revoke(
         addr,

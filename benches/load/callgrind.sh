@@ -45,9 +45,7 @@ cleanup() {
 trap cleanup EXIT
 source benches/ports.sh
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj /CN=localhost -addext subjectAltName=DNS:localhost \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+localhost_cert "$work"
 up_port=$(free_port)
 ./target/release/examples/bench-upstream "$up_port" & pids+=($!)
 wait_port "$up_port"

@@ -64,9 +64,7 @@ trap cleanup EXIT
 
 source benches/ports.sh
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj /CN=localhost -addext subjectAltName=DNS:localhost \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+localhost_cert "$work"
 
 up_port=$(free_port); port=$(free_port)
 taskset -c "$LOAD_CPU" ./target/release/examples/bench-upstream "$up_port" & up_pid=$!

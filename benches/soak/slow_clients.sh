@@ -28,9 +28,7 @@ trap cleanup EXIT
 
 source benches/ports.sh
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj /CN=localhost -addext subjectAltName=DNS:localhost \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+localhost_cert "$work"
 ./target/release/examples/bench-upstream 18081 & pids+=($!)
 wait_port 18081
 

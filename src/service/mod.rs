@@ -154,14 +154,14 @@ impl<'a> Ctx<'a> {
         conn: &'a ConnInfo,
         canon: Canonical,
         timing: &'a UpstreamTime,
-        client: IpAddr,
+        headers: &http::HeaderMap,
     ) -> Ctx<'a> {
         Ctx {
             route,
             rs,
             conn,
             timing,
-            client,
+            client: limit::client_address(route.forwarded, conn.peer.ip(), headers),
             now: now_ms(),
             canon,
             presented: Presented::Absent,
@@ -439,8 +439,7 @@ impl AppState {
         mut req: Request<Body>,
         timing: &UpstreamTime,
     ) -> Result<Response<Body>, ProxyError> {
-        let client = limit::client_address(route.forwarded, conn.peer.ip(), req.headers());
-        let mut ctx = Ctx::new(route, rs, conn, canon, timing, client);
+        let mut ctx = Ctx::new(route, rs, conn, canon, timing, req.headers());
         self.session_cookies(&mut ctx, &req);
         self.admit_and_resolve(&mut ctx).await?;
         let upgrade = upstream::requested_upgrade(&req, &ctx.route.upgrades);

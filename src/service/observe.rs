@@ -33,8 +33,7 @@ impl AppState {
         mut req: Request<Body>,
         timing: &UpstreamTime,
     ) -> Result<Response<Body>, ProxyError> {
-        let client = limit::client_address(route.forwarded, conn.peer.ip(), req.headers());
-        let mut ctx = Ctx::new(route, rs, conn, canon, timing, client);
+        let mut ctx = Ctx::new(route, rs, conn, canon, timing, req.headers());
         let mut seen = Decisions::default();
         let cookie_name = &self.sessions.cfg.cookie_name;
         let split = session::split_request_cookies(req.headers(), cookie_name, &route.protected);

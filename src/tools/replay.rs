@@ -259,23 +259,37 @@ async fn replay_entry(router: &Router, n: usize, entry: &HarEntry, out: &mut Rep
     );
     let rule = m.login.or(m.logout);
     let resp_headers = header_map(&entry.response.headers);
-    let mut note = "";
-    let outcome = match rule {
-        Some(rule) => {
-            let text = response_body(&entry.response);
-            if rule.needs_body() && text.is_empty() {
-                note = " (no body in the HAR: the body criteria read nothing)";
-            }
-            let peek = &text[..text.len().min(rule.body_peek)];
-            rule.evaluate(&ResponseView {
-                status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-                headers: &resp_headers,
-                body: peek,
-            })
-        }
-        None => Outcome::Undecided,
+    let (outcome, note) = match rule {
+        Some(rule) => judge(rule, &entry.response, &resp_headers),
+        None => (Outcome::Undecided, ""),
     };
-    let verdict = Verdict::of(&m, outcome);
+    write_verdict(out, &m, outcome);
+    write_vaulted(out, &rs.vault, &req_headers, &resp_headers);
+    let _ = writeln!(out.text, "{note}");
+    warn_missed_logins(out, n, &m, rule.is_some(), &body, &target, rs);
+}
+
+/// The rule on the recorded response, and a note when it could not read what it needed.
+fn judge(
+    rule: &crate::rules::Rule,
+    resp: &HarResponse,
+    headers: &HeaderMap,
+) -> (Outcome, &'static str) {
+    let text = response_body(resp);
+    let note = match rule.needs_body() && text.is_empty() {
+        true => " (no body in the HAR: the body criteria read nothing)",
+        false => "",
+    };
+    let outcome = rule.evaluate(&ResponseView {
+        status: StatusCode::from_u16(resp.status).unwrap_or(StatusCode::OK),
+        headers,
+        body: &text[..text.len().min(rule.body_peek)],
+    });
+    (outcome, note)
+}
+
+fn write_verdict(out: &mut Report, m: &crate::rules::Matched<'_>, outcome: Outcome) {
+    let verdict = Verdict::of(m, outcome);
     let which = match (m.login, m.logout, m.privilege) {
         (Some(_), _, true) => "privilege",
         (Some(_), _, false) => "login",
@@ -283,20 +297,14 @@ async fn replay_entry(router: &Router, n: usize, entry: &HarEntry, out: &mut Rep
         (None, None, _) if m.attempt => "credential field",
         _ => "-",
     };
+    let judged = m.login.is_some() || m.logout.is_some() || m.attempt;
     let _ = write!(
         out.text,
         " rule={which} outcome={} verdict={} rotate={}",
-        if rule.is_some() || m.attempt {
-            outcome_str(outcome)
-        } else {
-            "-"
-        },
+        if judged { outcome_str(outcome) } else { "-" },
         verdict.as_str(),
         if verdict.rotates() { "yes" } else { "no" }
     );
-    write_vaulted(out, &rs.vault, &req_headers, &resp_headers);
-    let _ = writeln!(out.text, "{note}");
-    warn_missed_logins(out, n, &m, rule.is_some(), &body, &target, rs);
 }
 
 fn outcome_str(o: Outcome) -> &'static str {

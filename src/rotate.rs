@@ -197,7 +197,7 @@ impl Sessions {
         now: u64,
         on_failure: StoreFailurePolicy,
     ) -> Result<Resolved, ProxyError> {
-        let id = match presented {
+        let key = match presented {
             Presented::Absent => return Ok(Resolved::default()),
             Presented::Malformed => {
                 self.counters().malformed_ids.inc();
@@ -216,9 +216,8 @@ impl Sessions {
                 );
                 return Ok(Resolved::default());
             }
-            Presented::Valid(id) => id,
+            Presented::Valid(key) => *key,
         };
-        let key = id.key();
         let lookup = match self.call(StoreOp::Load, self.store.load(&key)).await {
             Ok(l) => l,
             Err(e) => return self.serve_cached(key, e, route, now, on_failure).await,
@@ -862,7 +861,8 @@ mod tests {
             .and_then(|p| p.split_once('='))
             .map(|(_, v)| v.to_owned())
             .unwrap_or_default();
-        SessionId::parse(value.as_bytes()).map_or(Presented::Malformed, Presented::Valid)
+        SessionId::parse(value.as_bytes())
+            .map_or(Presented::Malformed, |id| Presented::Valid(id.key()))
     }
 
     async fn resolve(s: &Sessions, p: &Presented, now: u64) -> Resolved {
@@ -1183,7 +1183,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_store_that_does_not_answer_fails_closed_at_the_deadline() {
         let s = sessions_on(Arc::new(Hung), Duration::ZERO);
-        let id = Presented::Valid(SessionId::from_bytes([7; crate::session::ID_BYTES]));
+        let id = Presented::Valid(SessionId::from_bytes([7; crate::session::ID_BYTES]).key());
         let started = tokio::time::Instant::now();
         let r = s
             .resolve(&id, ROUTE, T0, StoreFailurePolicy::FailClosed)

@@ -540,8 +540,8 @@ impl AppState {
     /// Phase: admit the presented ID (before reading its session, so that a login can
     /// wait for this request), then load the session.
     async fn admit_and_resolve(&self, ctx: &mut Ctx<'_>) -> Result<(), ProxyError> {
-        if let Presented::Valid(id) = &ctx.presented {
-            match self.inflight.admit(id.key()) {
+        if let Presented::Valid(key) = &ctx.presented {
+            match self.inflight.admit(*key) {
                 Ok(t) => ctx.ticket = Some(t),
                 Err(_) => {
                     self.sessions.counters().login_conflicts.inc();

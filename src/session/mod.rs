@@ -100,7 +100,9 @@ impl fmt::Debug for SessionKey {
 pub enum Presented {
     #[default]
     Absent,
-    Valid(SessionId),
+    /// A well-formed ID, kept as its store key: nothing past the parse needs the ID
+    /// itself, and hashing it once here keeps it out of every later phase.
+    Valid(SessionKey),
     /// Wrong length or alphabet.
     Malformed,
     /// Several different values (cookie tossing from a sibling domain can do this when
@@ -149,7 +151,8 @@ pub fn split_request_cookies<'a>(
             };
             if name == proxy_name.as_bytes() {
                 let this = match strict {
-                    true => SessionId::parse(val).map_or(Presented::Malformed, Presented::Valid),
+                    true => SessionId::parse(val)
+                        .map_or(Presented::Malformed, |id| Presented::Valid(id.key())),
                     false => Presented::Malformed,
                 };
                 out.presented = match (std::mem::take(&mut out.presented), this) {
@@ -394,7 +397,7 @@ mod tests {
         );
         h.append(header::COOKIE, "b=2".parse().unwrap());
         let s = split_request_cookies(&h, "sg", &guard());
-        assert_eq!(s.presented, Presented::Valid(id(1)));
+        assert_eq!(s.presented, Presented::Valid(id(1).key()));
         assert_eq!(s.kept, vec![&b"a=1"[..], b"b=2"]);
         assert_eq!(s.protected, 1);
     }

@@ -143,13 +143,14 @@ impl Sessions {
                 source: StoreError::Timeout,
             }),
         };
-        let label = OpLabel { op };
         self.metrics
-            .store_seconds
-            .get_or_create(&label)
+            .store_latency(op)
             .observe(started.elapsed().as_secs_f64());
         if result.is_err() {
-            self.metrics.store_errors.get_or_create(&label).inc();
+            self.metrics
+                .store_errors
+                .get_or_create(&OpLabel { op })
+                .inc();
         }
         result
     }

@@ -201,6 +201,9 @@ pub struct Metrics {
     pub tokio_tasks: Gauge,
     pub tls_handshake_failures: Counter,
     pub store_seconds: OpLatency,
+    /// `store_seconds`' handle for each operation (indexed by `StoreOp::index`), looked
+    /// up once: a store call is on every session request's path.
+    store_latency: [Histogram; StoreOp::ALL.len()],
     pub store_errors: Family<OpLabel, Counter>,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
@@ -242,6 +245,14 @@ where
 impl Metrics {
     pub fn new() -> Metrics {
         let mut r = Registry::with_prefix("sessiongate");
+        let store_seconds: OpLatency = reg(
+            &mut r,
+            "store_operation_duration_seconds",
+            "Session store call latency, by operation",
+            Family::new_with_constructor(latency),
+        );
+        let store_latency =
+            StoreOp::ALL.map(|op| store_seconds.get_or_create(&OpLabel { op }).clone());
         Metrics {
             requests: reg(&mut r, "requests", "Requests answered, by route and status class", Family::default()),
             rejected: reg(
@@ -271,12 +282,8 @@ impl Metrics {
                 "TLS handshakes that failed or timed out",
                 Counter::default(),
             ),
-            store_seconds: reg(
-                &mut r,
-                "store_operation_duration_seconds",
-                "Session store call latency, by operation",
-                Family::new_with_constructor(latency),
-            ),
+            store_seconds,
+            store_latency,
             store_errors: reg(
                 &mut r,
                 "store_errors",
@@ -322,6 +329,11 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The latency histogram of a store operation.
+    pub fn store_latency(&self, op: StoreOp) -> &Histogram {
+        &self.store_latency[op.index()]
     }
 
     /// Counts `n` removed request parts of a kind (nothing when `n` is 0).
@@ -395,5 +407,30 @@ pub struct RouteMetrics {
 impl RouteMetrics {
     pub fn count_request(&self, status: u16) {
         self.requests[status_class(status)].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_store_operation_observes_its_own_labelled_histogram() {
+        let m = Metrics::new();
+        for (i, op) in StoreOp::ALL.into_iter().enumerate() {
+            assert_eq!(op.index(), i, "StoreOp::ALL is in declaration order");
+            for _ in 0..=i {
+                m.store_latency(op).observe(0.001);
+            }
+        }
+        let text = m.render();
+        for (i, op) in StoreOp::ALL.into_iter().enumerate() {
+            let line = format!(
+                "sessiongate_store_operation_duration_seconds_count{{op=\"{}\"}} {}",
+                op.as_str(),
+                i + 1
+            );
+            assert!(text.contains(&line), "missing {line} in:\n{text}");
+        }
     }
 }

@@ -282,6 +282,11 @@ impl StoreOp {
         StoreOp::SessionsOf,
     ];
 
+    /// The operation's position in `ALL` (its declaration order).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             StoreOp::Load => "load",

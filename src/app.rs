@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::config::{Config, StoreFailurePolicy};
+use crate::inflight::InFlight;
 use crate::listener::{accept_loop, Live};
 use crate::service::AppState;
 use crate::store::SessionStore;
@@ -57,13 +58,14 @@ async fn build_live(
     config: Config,
     store: Arc<dyn SessionStore>,
     metrics: Arc<Metrics>,
+    inflight: Arc<InFlight>,
 ) -> Result<Live<AppState>, StartError> {
     let config = Arc::new(config);
     let tls = match &config.tls {
         Some(tls) => Some(TlsAcceptor::from(crate::tls::server_config(tls)?)),
         None => None,
     };
-    let state = Arc::new(AppState::new(config, store, metrics)?);
+    let state = Arc::new(AppState::new(config, store, metrics, inflight)?);
     Ok(Live::new(state, tls))
 }
 
@@ -108,7 +110,15 @@ impl ServerHandle {
         if config.admin != was.admin {
             return Err(ReloadError::NeedsRestart("[admin]"));
         }
-        let live = build_live(config, self.store.clone(), self.metrics.clone()).await?;
+        // The same in-flight registry: a login under the new config waits for, and ends
+        // the streams of, requests the old one admitted.
+        let live = build_live(
+            config,
+            self.store.clone(),
+            self.metrics.clone(),
+            old.state.inflight().clone(),
+        )
+        .await?;
         self.live.store(Arc::new(live));
         Ok(())
     }
@@ -274,7 +284,13 @@ impl Server {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        let live = build_live(config, store.clone(), metrics.clone()).await?;
+        let live = build_live(
+            config,
+            store.clone(),
+            metrics.clone(),
+            Arc::new(InFlight::default()),
+        )
+        .await?;
         Ok(Server {
             tls,
             plain,

@@ -544,6 +544,7 @@ async fn the_pipeline_runs_without_a_client_socket() {
             Arc::new(config),
             Arc::new(sessiongate::store::MemoryStore::new()),
             Arc::new(sessiongate::telemetry::Metrics::new()),
+            Arc::new(sessiongate::inflight::InFlight::default()),
         )
         .unwrap(),
     );

@@ -73,6 +73,48 @@ async fn an_event_stream_opened_before_the_login_ends_with_it() {
     assert!(ended, "the pre-login stream must end with the login");
 }
 
+/// A config reload between the stream's start and the login changes nothing: the
+/// requests and streams in flight are known to the login whichever config admitted them.
+#[tokio::test]
+async fn a_stream_opened_before_a_reload_still_ends_with_the_login() {
+    let app = LegacyApp::start().await;
+    let routes = app.route_config("");
+    let proxy = Proxy::start(&routes).await;
+    let mut attacker = Browser::new(&proxy);
+    assert_eq!(whoami(&mut attacker).await, "anonymous");
+    let planted = sg(&attacker);
+
+    let req = Request::get("/events")
+        .header("host", "localhost")
+        .header("cookie", format!("{SG}={planted}"))
+        .body(full_body(""))
+        .unwrap();
+    let mut h1 = proxy.h1().await;
+    let resp = h1.send_raw(req).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut seen = String::new();
+    assert!(!read_events(&mut body, Duration::from_millis(300), &mut seen).await);
+
+    let text = format!("{}\n{routes}", base_config(&proxy.pki));
+    let config = sessiongate::Config::from_toml(&text, std::path::Path::new(".")).unwrap();
+    proxy.handle.reload(config).await.unwrap();
+
+    let mut victim = holding(&proxy, &planted);
+    assert_eq!(login(&mut victim, "alice").await.status, 303);
+    assert_eq!(whoami(&mut victim).await, "alice");
+    let mut after = String::new();
+    let ended = read_events(&mut body, Duration::from_secs(3), &mut after).await;
+    assert!(
+        !after.contains("alice"),
+        "the stream opened before the reload showed alice: {after:?}"
+    );
+    assert!(
+        ended,
+        "the stream opened before the reload must end with the login"
+    );
+}
+
 #[tokio::test]
 async fn a_websocket_opened_before_the_login_is_closed_by_it() {
     let app = LegacyApp::start().await;

@@ -194,10 +194,13 @@ impl<'a> Ctx<'a> {
 }
 
 impl AppState {
+    /// `inflight` is the previous config's on a reload: requests and streams admitted
+    /// under the old config must be drained and ended by a login under the new one.
     pub fn new(
         config: Arc<Config>,
         store: Arc<dyn SessionStore>,
         metrics: Arc<Metrics>,
+        inflight: Arc<InFlight>,
     ) -> Result<AppState, BuildError> {
         let ids = Arc::new(ChaChaIds::new()?);
         let login_settle = store.replica_staleness();
@@ -217,10 +220,15 @@ impl AppState {
                 login_settle,
                 metrics.clone(),
             )),
-            inflight: Arc::new(InFlight::default()),
+            inflight,
             metrics,
             config,
         })
+    }
+
+    /// The requests and streams in flight, by session; carried over to the next config.
+    pub fn inflight(&self) -> &Arc<InFlight> {
+        &self.inflight
     }
 
     /// Ends every session of `subject` but `except`, and the streams opened on them on

@@ -35,14 +35,10 @@ async fn read_events(body: &mut hyper::body::Incoming, limit: Duration, seen: &m
     }
 }
 
-#[tokio::test]
-async fn an_event_stream_opened_before_the_login_ends_with_it() {
-    let app = LegacyApp::start().await;
-    let proxy = Proxy::start(&app.route_config("")).await;
-    let mut attacker = Browser::new(&proxy);
-    assert_eq!(whoami(&mut attacker).await, "anonymous");
-    let planted = sg(&attacker);
-
+/// Opens the app's event stream with `planted` as the session cookie and checks that its
+/// first events show the anonymous session. The connection is returned with the body:
+/// dropping it would end the stream.
+async fn open_events(proxy: &Proxy, planted: &str) -> (hyper::body::Incoming, H1) {
     let req = Request::get("/events")
         .header("host", "localhost")
         .header("cookie", format!("{SG}={planted}"))
@@ -55,6 +51,18 @@ async fn an_event_stream_opened_before_the_login_ends_with_it() {
     let mut seen = String::new();
     assert!(!read_events(&mut body, Duration::from_millis(300), &mut seen).await);
     assert!(seen.contains("data: anonymous"), "{seen:?}");
+    (body, h1)
+}
+
+#[tokio::test]
+async fn an_event_stream_opened_before_the_login_ends_with_it() {
+    let app = LegacyApp::start().await;
+    let proxy = Proxy::start(&app.route_config("")).await;
+    let mut attacker = Browser::new(&proxy);
+    assert_eq!(whoami(&mut attacker).await, "anonymous");
+    let planted = sg(&attacker);
+
+    let (mut body, _h1) = open_events(&proxy, &planted).await;
 
     let mut victim = holding(&proxy, &planted);
     let started = Instant::now();
@@ -84,17 +92,7 @@ async fn a_stream_opened_before_a_reload_still_ends_with_the_login() {
     assert_eq!(whoami(&mut attacker).await, "anonymous");
     let planted = sg(&attacker);
 
-    let req = Request::get("/events")
-        .header("host", "localhost")
-        .header("cookie", format!("{SG}={planted}"))
-        .body(full_body(""))
-        .unwrap();
-    let mut h1 = proxy.h1().await;
-    let resp = h1.send_raw(req).await;
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let mut seen = String::new();
-    assert!(!read_events(&mut body, Duration::from_millis(300), &mut seen).await);
+    let (mut body, _h1) = open_events(&proxy, &planted).await;
 
     let text = format!("{}\n{routes}", base_config(&proxy.pki));
     let config = sessiongate::Config::from_toml(&text, std::path::Path::new(".")).unwrap();

@@ -405,21 +405,12 @@ impl AppState {
         upstream::check_declared_length(route, req.headers())?;
         let (parts, body) = req.into_parts();
         let body = upstream::client_body(route, body);
-        let out = Outgoing {
-            path_and_query: &pq,
-            host: canon.host.as_ref(),
-            upgrade: upgrade.as_deref(),
-            has_body: canon.has_body,
-            peer: &conn.peer_ip,
-            tls: conn.tls,
-        };
+        let out = outgoing(&pq, &canon, upgrade.as_deref(), conn);
         let up_req = upstream::prepare_request(route, parts, body, &out)?;
-        let (mut resp, relay) = self
+        let (resp, relay) = self
             .send(route, up_req, upgrade.as_deref(), client_upgrade, timing)
             .await?;
-        if let Some(relay) = relay {
-            tokio::spawn(relay_upgraded(relay, None));
-        }
+        let mut resp = untracked(resp, relay);
         if !route.protected.is_empty() {
             let dropped = vault::capture(
                 resp.headers_mut(),
@@ -770,14 +761,7 @@ impl AppState {
             &mut parts.headers,
             session::join_pairs(pairs.iter().map(Vec::as_slice)),
         );
-        let out = Outgoing {
-            path_and_query: &pq,
-            host: ctx.canon.host.as_ref(),
-            upgrade,
-            has_body: ctx.canon.has_body,
-            peer: &ctx.conn.peer_ip,
-            tls: ctx.conn.tls,
-        };
+        let out = outgoing(&pq, &ctx.canon, upgrade, ctx.conn);
         upstream::prepare_request(ctx.route, parts, body, &out)
     }
 
@@ -828,12 +812,7 @@ impl AppState {
                     None => Ok(resp.map(|b| crate::body::until(b, ended, ticket))),
                 }
             }
-            (_, _) => {
-                if let Some(relay) = relay {
-                    tokio::spawn(relay_upgraded(relay, None));
-                }
-                Ok(resp)
-            }
+            (_, _) => Ok(untracked(resp, relay)),
         }
     }
 
@@ -1031,6 +1010,33 @@ impl AppState {
                 .then(|| sessions.expired_cookie())
         }))
     }
+}
+
+/// What the upstream request is built from: the canonical target (as forwarded) and
+/// host, the upgrade relayed, and the client's connection.
+fn outgoing<'a>(
+    path_and_query: &'a str,
+    canon: &'a Canonical,
+    upgrade: Option<&'a str>,
+    conn: &'a ConnInfo,
+) -> Outgoing<'a> {
+    Outgoing {
+        path_and_query,
+        host: canon.host.as_ref(),
+        upgrade,
+        has_body: canon.has_body,
+        peer: &conn.peer_ip,
+        tls: conn.tls,
+    }
+}
+
+/// A response no login or logout watches: its tunnel, if any, is relayed until either
+/// side ends it.
+fn untracked(resp: Response<Body>, relay: Option<Relay>) -> Response<Body> {
+    if let Some(relay) = relay {
+        tokio::spawn(relay_upgraded(relay, None));
+    }
+    resp
 }
 
 /// The path as logged: without the query and without `;params`, which can carry session

@@ -56,21 +56,12 @@ impl AppState {
         self.observe_target(&ctx, &mut seen);
         // The target as `enforce` would send it, but for the vaulted names it would remove.
         let pq = self.forwarded_target(route, &NameGuard::default(), &ctx.canon.target);
-        let out = Outgoing {
-            path_and_query: &pq,
-            host: ctx.canon.host.as_ref(),
-            upgrade: upgrade.as_deref(),
-            has_body: ctx.canon.has_body,
-            peer: &conn.peer_ip,
-            tls: conn.tls,
-        };
+        let out = outgoing(&pq, &ctx.canon, upgrade.as_deref(), conn);
         let up_req = upstream::prepare_request(route, parts, body, &out)?;
-        let (mut resp, relay) = self
+        let (resp, relay) = self
             .send(route, up_req, upgrade.as_deref(), client_upgrade, timing)
             .await?;
-        if let Some(relay) = relay {
-            tokio::spawn(relay_upgraded(relay, None));
-        }
+        let mut resp = untracked(resp, relay);
         let outcome = match ctx.login.or(ctx.logout) {
             Some(rule) => self.evaluate(&mut ctx, rule, &mut resp).await?,
             None => Outcome::Undecided,

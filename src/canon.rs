@@ -20,7 +20,7 @@
 
 use std::net::Ipv6Addr;
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Version};
 
 /// Why a request was refused while it was being read.
@@ -66,11 +66,30 @@ impl Target {
     }
 }
 
-/// The canonical host: for routing (`name`) and for the `Host` header (`header`).
+/// The canonical host: for routing ([`Host::name`]) and for the `Host` header
+/// ([`Host::header`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
-    pub name: String,
-    pub header: String,
+    /// `name[:port]`: lower case, no trailing dot, the port in plain decimal.
+    header: HeaderValue,
+    /// Where the name is in `header` (an IPv6 literal without its brackets).
+    name: std::ops::Range<usize>,
+}
+
+impl Host {
+    /// The host name (or address) routes are matched on.
+    pub fn name(&self) -> &str {
+        self.header
+            .to_str()
+            .ok()
+            .and_then(|h| h.get(self.name.clone()))
+            .unwrap_or_default()
+    }
+
+    /// The canonical `Host` header value.
+    pub fn header(&self) -> &HeaderValue {
+        &self.header
+    }
 }
 
 /// Parses and normalises a request's path (the part of the target before `?`).
@@ -254,11 +273,50 @@ pub fn host(raw: &str) -> Result<Host, Reason> {
             format!("{name}:{n}")
         }
     };
-    let name = name
-        .strip_prefix('[')
-        .and_then(|n| n.strip_suffix(']'))
-        .map_or_else(|| name.clone(), str::to_owned);
-    Ok(Host { name, header })
+    let name = match name.starts_with('[') {
+        true => 1..name.len().saturating_sub(1),
+        false => 0..name.len(),
+    };
+    let header = HeaderValue::from_maybe_shared(bytes::Bytes::from(header))
+        .map_err(|_| "Host is not a host name or address")?;
+    Ok(Host { header, name })
+}
+
+/// [`host`] for a `Host` header: the value itself when it is already canonical (as
+/// nearly every client sends it), without a copy.
+pub fn host_value(raw: &HeaderValue) -> Result<Host, Reason> {
+    match canonical_name_end(raw.as_bytes()) {
+        Some(end) => Ok(Host {
+            header: raw.clone(),
+            name: 0..end,
+        }),
+        None => host(raw.to_str().map_err(|_| "Host is not ASCII")?),
+    }
+}
+
+/// The length of the name if `raw` is a host name or IPv4 address (not an IPv6 literal)
+/// with an optional port, exactly as [`host`] would write it; `None` sends it the long
+/// way.
+fn canonical_name_end(raw: &[u8]) -> Option<usize> {
+    let (name, port) = match raw.iter().rposition(|&b| b == b':') {
+        Some(i) => (&raw[..i], Some(&raw[i + 1..])),
+        None => (raw, None),
+    };
+    let name_ok = !name.is_empty()
+        && name.iter().all(|&b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_')
+        })
+        && name.split(|&b| b == b'.').all(|label| !label.is_empty());
+    let port_ok = match port {
+        None => true,
+        Some(p) => {
+            (1..=5).contains(&p.len())
+                && p.iter().all(u8::is_ascii_digit)
+                && (p.len() == 1 || p[0] != b'0')
+                && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65_535
+        }
+    };
+    (name_ok && port_ok).then_some(name.len())
 }
 
 /// The request's canonical host: from the `Host` header, or the target's authority
@@ -268,7 +326,7 @@ pub fn request_host<B>(req: &Request<B>) -> Result<Option<Host>, Reason> {
     let from_header = match (hosts.next(), hosts.next()) {
         (None, _) => None,
         (Some(_), Some(_)) => return Err("several Host headers"),
-        (Some(v), None) => Some(host(v.to_str().map_err(|_| "Host is not ASCII")?)?),
+        (Some(v), None) => Some(host_value(v)?),
     };
     let from_uri = match req.uri().authority() {
         None => None,
@@ -280,7 +338,7 @@ pub fn request_host<B>(req: &Request<B>) -> Result<Option<Host>, Reason> {
         }
     };
     match (from_uri, from_header) {
-        (Some(u), Some(h)) if u.name != h.name => {
+        (Some(u), Some(h)) if u.name() != h.name() => {
             Err("Host disagrees with the request target's authority")
         }
         (Some(u), _) => Ok(Some(u)),
@@ -432,9 +490,12 @@ mod tests {
 
     #[test]
     fn hosts() {
-        assert_eq!(host("Example.COM.").unwrap().name, "example.com");
-        assert_eq!(host("example.com:8443").unwrap().header, "example.com:8443");
-        assert_eq!(host("[::1]:8443").unwrap().name, "::1");
+        assert_eq!(host("Example.COM.").unwrap().name(), "example.com");
+        assert_eq!(
+            host("example.com:08443").unwrap().header(),
+            "example.com:8443"
+        );
+        assert_eq!(host("[::1]:8443").unwrap().name(), "::1");
         for bad in [
             "a b",
             "user:pw@host",
@@ -447,6 +508,41 @@ mod tests {
             "h%41",
         ] {
             assert!(host(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The shortcut for a `Host` header already in canonical form reads every value as the
+    /// long way does, and takes it for one only when it is.
+    #[test]
+    fn a_canonical_host_header_is_taken_as_it_is() {
+        for raw in [
+            "example.com",
+            "example.com:8443",
+            "a-b_c.d9:0",
+            "localhost:65535",
+            "10.0.0.1:80",
+            "Example.com",
+            "example.com.",
+            "example.com:08443",
+            "example.com:65536",
+            "example.com:",
+            ":80",
+            "a..b",
+            ".a",
+            "[::1]:8443",
+            "[::1]",
+            "ex ample",
+            "a:b:1",
+            "example.com:123456",
+            "xn--bcher-kva.example",
+        ] {
+            let value = HeaderValue::from_static(raw);
+            let (fast, slow) = (host_value(&value), host(raw));
+            assert_eq!(fast, slow, "{raw:?}");
+            // IPv6 literals always take the long way.
+            let taken = canonical_name_end(raw.as_bytes()).is_some();
+            let canonical = slow.is_ok_and(|h| h.header() == raw) && !raw.starts_with('[');
+            assert_eq!(taken, canonical, "{raw:?}");
         }
     }
 

@@ -17,14 +17,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use tokio::sync::Notify;
 
-use crate::session::SessionKey;
+use crate::session::{KeyMap, SessionKey};
 
 #[derive(Default)]
 pub struct InFlight {
-    gates: DashMap<SessionKey, Arc<Gate>>,
+    gates: KeyMap<Arc<Gate>>,
 }
 
 /// A gate exists per ID with requests in flight, so one is made for nearly every request:

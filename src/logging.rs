@@ -6,10 +6,14 @@
 //! colour off, and in formatting the timestamp from scratch. [`Lines`] writes events of
 //! the `access` target itself, byte for byte as the default format would (a test holds
 //! it to that), and hands every other event to the default format. [`CachedTime`]
-//! formats the timestamp's date and time once per second, as nginx does.
+//! formats the timestamp's date and time once per second, as nginx does. The request
+//! path's own line ([`Access::log`]) skips even tracing's field visiting when the text
+//! format is on without colour: it writes the same bytes straight to the log writer.
 
 use std::cell::RefCell;
 use std::fmt;
+use std::io::Write as _;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -48,9 +52,14 @@ pub fn init(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
         ));
     // Colour only for a person at a terminal: in a file or a log collector the escape
     // codes are noise (they tripled the size of an access line).
+    let ansi = std::io::stderr().is_terminal();
+    if !json && !ansi {
+        // Set once per process; a second `init` (never done) would keep the first writer.
+        let _ = DIRECT.set(writer.clone());
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(ansi)
         .with_timer(CachedTime)
         .with_writer(writer);
     if json {
@@ -59,6 +68,85 @@ pub fn init(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
         builder.event_format(Lines::default()).init();
     }
     guard
+}
+
+/// The log writer access lines go to directly, when the format allows it: plain text.
+static DIRECT: OnceLock<tracing_appender::non_blocking::NonBlocking> = OnceLock::new();
+
+thread_local! {
+    /// The line being written: one buffer per thread, reused.
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// One request's access line.
+pub struct Access<'a> {
+    pub route: &'a str,
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    pub status: u16,
+    pub latency: Millis,
+    pub upstream: Millis,
+    pub peer: &'a str,
+}
+
+/// Whether the filter lets access lines through (checked before their fields are made).
+pub fn access_enabled() -> bool {
+    tracing::enabled!(target: ACCESS, tracing::Level::INFO)
+}
+
+impl Access<'_> {
+    /// Logs the line (once [`access_enabled`] said so): as an event, or with the text
+    /// format (see [`init`]) written directly, byte for byte as [`Lines`] would.
+    pub fn log(&self) {
+        let Some(writer) = DIRECT.get() else {
+            tracing::info!(
+                target: ACCESS,
+                route = %self.route,
+                method = %self.method,
+                path = %self.path,
+                status = self.status,
+                latency_ms = %self.latency,
+                upstream_ms = %self.upstream,
+                peer = %self.peer,
+            );
+            return;
+        };
+        let Ok(since) = SystemTime::now().duration_since(UNIX_EPOCH) else {
+            return;
+        };
+        LINE.with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else {
+                return;
+            };
+            line.clear();
+            if self.write(&mut *line, since).is_ok() {
+                // The writer only fails once its thread is gone (the process is ending).
+                let _ = writer.clone().write_all(line.as_bytes());
+            }
+        });
+    }
+
+    /// The text line, with the timestamp of `since`.
+    fn write(&self, w: &mut impl fmt::Write, since: Duration) -> fmt::Result {
+        write_timestamp(w, since)?;
+        w.write_str(level(&tracing::Level::INFO))?;
+        for (name, value) in [
+            ("access: route=", self.route),
+            (" method=", self.method.as_str()),
+            (" path=", self.path),
+            (" status=", itoa::Buffer::new().format(self.status)),
+        ] {
+            w.write_str(name)?;
+            w.write_str(value)?;
+        }
+        w.write_str(" latency_ms=")?;
+        self.latency.write(w)?;
+        w.write_str(" upstream_ms=")?;
+        self.upstream.write(w)?;
+        w.write_str(" peer=")?;
+        w.write_str(self.peer)?;
+        w.write_char('\n')
+    }
 }
 
 /// The text format: tracing-subscriber's default ([`Full`]), with access lines written
@@ -222,6 +310,12 @@ pub struct Millis(pub Option<Duration>);
 
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f)
+    }
+}
+
+impl Millis {
+    fn write(&self, f: &mut impl fmt::Write) -> fmt::Result {
         match self.0 {
             None => f.write_str("-1.000"),
             Some(d) => {
@@ -326,6 +420,34 @@ mod tests {
         );
         assert_eq!(fast, default);
         assert_eq!(fast.lines().count(), 5, "{fast}");
+    }
+
+    /// What `Access::log` writes directly is the line the default format writes for its
+    /// event (which is also what it logs without the direct writer).
+    #[test]
+    fn the_direct_access_line_is_the_default_formats_line() {
+        let line = Access {
+            route: "session",
+            method: &http::Method::GET,
+            path: "/a b\"c",
+            status: 200,
+            latency: Millis(Some(Duration::from_micros(412))),
+            upstream: Millis(None),
+            peer: "127.0.0.1",
+        };
+        let out = Capture::default();
+        let default = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_timer(Fixed)
+            .with_writer(out.clone())
+            .finish();
+        tracing::subscriber::with_default(default, || line.log());
+        let mut direct = String::new();
+        // The instant `Fixed` writes: 2026-12-05T20:26:00.000042Z.
+        line.write(&mut direct, Duration::new(1_796_502_360, 42_000))
+            .expect("formats");
+        assert_eq!(direct, out.text());
+        assert!(direct.ends_with("INFO access: route=session method=GET path=/a b\"c status=200 latency_ms=0.412 upstream_ms=-1.000 peer=127.0.0.1\n"), "{direct}");
     }
 
     #[test]

@@ -137,7 +137,9 @@ pub fn apply(vault: &mut Vec<VaultCookie>, changes: &[VaultChange]) {
         };
         vault.retain(|c| !(c.name == *name && c.path == *path));
         if let VaultChange::Set(c) = change {
-            vault.push(c.clone());
+            // Longest path first, the order `write_pairs` sends them in.
+            let at = vault.partition_point(|held| held.path.len() >= c.path.len());
+            vault.insert(at, c.clone());
         }
     }
 }
@@ -194,19 +196,30 @@ fn path_matches(cookie_path: &str, request_path: &str) -> bool {
     }
 }
 
-/// The vault's cookies for a request, as `name=value` pairs, longest path first (the
-/// order a browser would send them in).
-pub fn pairs_for<'a>(vault: &'a [VaultCookie], request_path: &str, now_ms: u64) -> Vec<String> {
-    let mut matching: Vec<&'a VaultCookie> = vault
-        .iter()
-        .filter(|c| c.expires_at.is_none_or(|t| t > now_ms))
-        .filter(|c| path_matches(&c.path, request_path))
-        .collect();
-    matching.sort_by_key(|c| std::cmp::Reverse(c.path.len()));
-    matching
-        .into_iter()
-        .map(|c| format!("{}={}", c.name, c.value))
-        .collect()
+/// Appends the vault's cookies for a request to a Cookie header value, as `name=value`
+/// pairs separated by `; `, longest path first (the order a browser would send them in).
+/// Written into the caller's buffer: this runs on every request of a session.
+pub fn write_pairs(vault: &[VaultCookie], request_path: &str, now_ms: u64, out: &mut Vec<u8>) {
+    let sends = |c: &&VaultCookie| {
+        c.expires_at.is_none_or(|t| t > now_ms) && path_matches(&c.path, request_path)
+    };
+    let write = |c: &VaultCookie| {
+        if !out.is_empty() {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(c.name.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(c.value.as_bytes());
+    };
+    // `apply` keeps a vault in that order; a record written by an older version may not
+    // be, and is sorted here (stable: equal paths keep the vault's order either way).
+    if vault.is_sorted_by(|a, b| a.path.len() >= b.path.len()) {
+        vault.iter().filter(sends).for_each(write);
+    } else {
+        let mut matching: Vec<&VaultCookie> = vault.iter().filter(sends).collect();
+        matching.sort_by_key(|c| std::cmp::Reverse(c.path.len()));
+        matching.into_iter().for_each(write);
+    }
 }
 
 /// Removes every field whose name reads as a protected name from a query string or an
@@ -528,8 +541,8 @@ mod tests {
                 set("A", "4", "/", None),
             ],
         );
-        assert_eq!(pairs_for(&v, "/admin/x", NOW), vec!["B=2", "A=4"]);
-        assert_eq!(pairs_for(&v, "/administrator", NOW), vec!["A=4"]);
+        assert_eq!(pairs(&v, "/admin/x"), "B=2; A=4");
+        assert_eq!(pairs(&v, "/administrator"), "A=4");
         apply(
             &mut v,
             &[VaultChange::Remove {
@@ -537,7 +550,39 @@ mod tests {
                 path: "/".into(),
             }],
         );
-        assert_eq!(pairs_for(&v, "/", NOW), Vec::<String>::new());
+        assert_eq!(pairs(&v, "/"), "");
+    }
+
+    fn pairs(vault: &[VaultCookie], path: &str) -> String {
+        let mut out = Vec::new();
+        write_pairs(vault, path, NOW, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_vault_in_any_order_sends_the_longest_path_first() {
+        let c = |name: &str, path: &str| VaultCookie {
+            name: name.into(),
+            value: "v".into(),
+            path: path.into(),
+            expires_at: None,
+        };
+        // As a record written before `apply` kept the order could hold it.
+        let v = vec![
+            c("A", "/"),
+            c("B", "/admin"),
+            c("C", "/"),
+            c("D", "/admin/x"),
+        ];
+        assert_eq!(pairs(&v, "/admin/x/y"), "D=v; B=v; A=v; C=v");
+        let mut sorted = Vec::new();
+        apply(
+            &mut sorted,
+            &v.iter().cloned().map(VaultChange::Set).collect::<Vec<_>>(),
+        );
+        let names: Vec<&str> = sorted.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["D", "B", "A", "C"]);
+        assert_eq!(pairs(&sorted, "/admin/x/y"), "D=v; B=v; A=v; C=v");
     }
 
     #[test]

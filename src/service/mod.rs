@@ -57,7 +57,7 @@ use crate::forms::{self, BodyKind, Inspect};
 use crate::inflight::{Closing, InFlight, Ticket};
 use crate::limit;
 use crate::listener::{ConnInfo, Handler};
-use crate::logging::Millis;
+use crate::logging::{Access, Millis};
 use crate::names::NameGuard;
 use crate::rotate::{self, Current, Resolved, Sessions};
 use crate::router::Router;
@@ -132,7 +132,8 @@ struct Ctx<'a> {
     canon: Canonical,
     presented: Presented,
     /// The client's cookie pairs the app may see.
-    kept: Vec<Vec<u8>>,
+    /// The client's cookie pairs forwarded to the app, joined.
+    kept: Vec<u8>,
     ticket: Option<Ticket>,
     resolved: Resolved,
     /// The login rule the request matches, or the privilege rule (then `privilege`).
@@ -271,10 +272,10 @@ impl AppState {
         let upstream_time = UpstreamTime::default();
         let result = match read_request(&mut req) {
             Err(e) => Err(e),
-            Ok(canon) => match self.router.route(
-                canon.host.as_ref().map(|h| h.name.as_str()),
-                &canon.target.path,
-            ) {
+            Ok(canon) => match self
+                .router
+                .route(canon.host.as_ref().map(|h| h.name()), &canon.target.path)
+            {
                 None => Err(ProxyError::NoRoute),
                 Some(route) => {
                     let route = routed.insert(route.clone());
@@ -308,17 +309,18 @@ impl AppState {
             Some(m) => m.count_request(resp.status().as_u16()),
             None => self.metrics.count_request("-", resp.status().as_u16()),
         }
-        let upstream = upstream_time.get();
-        info!(
-            target: crate::logging::ACCESS,
-            route = %route_name,
-            %method,
-            path = %raw_path,
-            status = resp.status().as_u16(),
-            latency_ms = %Millis(Some(started.elapsed())),
-            upstream_ms = %Millis(upstream),
-            peer = %conn.peer_ip_str(),
-        );
+        if crate::logging::access_enabled() {
+            Access {
+                route: route_name,
+                method: &method,
+                path: &raw_path,
+                status: resp.status().as_u16(),
+                latency: Millis(Some(started.elapsed())),
+                upstream: Millis(upstream_time.get()),
+                peer: conn.peer_ip_str(),
+            }
+            .log();
+        }
         Ok(resp)
     }
 
@@ -519,7 +521,7 @@ impl AppState {
         if split.protected > 0 {
             debug!(route = %ctx.route.name, count = split.protected, "removed client cookies named like a vaulted cookie");
         }
-        ctx.kept = split.kept.iter().map(|p| p.to_vec()).collect();
+        ctx.kept = session::join_pairs(split.kept.iter().copied());
         ctx.presented = split.presented;
     }
 
@@ -749,18 +751,22 @@ impl AppState {
         let pq = self.forwarded_target(ctx.route, strip, &ctx.canon.target);
         // The vault's pairs first: with no client pair that reads as a vaulted name left,
         // the order cannot matter, but first-wins parsers are then right twice over.
-        let mut pairs: Vec<Vec<u8>> = match ctx.current() {
-            Some(cur) => vault::pairs_for(&cur.record.vault, &ctx.canon.target.path, ctx.now)
-                .into_iter()
-                .map(String::into_bytes)
-                .collect(),
-            None => Vec::new(),
-        };
-        pairs.extend(ctx.kept.iter().cloned());
-        session::set_cookie_request_header(
-            &mut parts.headers,
-            session::join_pairs(pairs.iter().map(Vec::as_slice)),
-        );
+        let mut cookie = Vec::new();
+        if let Some(cur) = ctx.current() {
+            vault::write_pairs(
+                &cur.record.vault,
+                &ctx.canon.target.path,
+                ctx.now,
+                &mut cookie,
+            );
+        }
+        if !ctx.kept.is_empty() {
+            if !cookie.is_empty() {
+                cookie.extend_from_slice(b"; ");
+            }
+            cookie.extend_from_slice(&ctx.kept);
+        }
+        session::set_cookie_request_header(&mut parts.headers, cookie);
         let out = outgoing(&pq, &ctx.canon, upgrade, ctx.conn);
         upstream::prepare_request(ctx.route, parts, body, &out)
     }

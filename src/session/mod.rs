@@ -66,8 +66,19 @@ impl SessionId {
 }
 
 /// The store key of a session: SHA-256 of its ID. Safe to log (as a prefix) and to store.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SessionKey(pub [u8; 32]);
+
+/// Eight bytes of the digest into a keyed hasher: a uniform digest has no better bits
+/// to offer, and a client choosing IDs would need full 64-bit collisions to pile them
+/// into one bucket (equality still compares all 32 bytes).
+impl std::hash::Hash for SessionKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(head));
+    }
+}
 
 impl SessionKey {
     /// Lower-case hex of the whole hash (the store's document ID).
@@ -81,6 +92,12 @@ impl SessionKey {
         Some(SessionKey(out))
     }
 }
+
+/// A concurrent map keyed by session: with a fast hasher, seeded per process. A key is a
+/// digest, but of an ID a client may choose (a presented ID is admitted before it is
+/// known), so the hash stays keyed; SipHash, the default, cost more than the rest of the
+/// memory store's lookup.
+pub type KeyMap<V> = dashmap::DashMap<SessionKey, V, foldhash::fast::RandomState>;
 
 /// Logs show 8 hex digits: enough to correlate lines, useless to an attacker.
 impl fmt::Display for SessionKey {
@@ -284,8 +301,9 @@ pub fn set_cookie_request_header(headers: &mut HeaderMap, value: Vec<u8>) {
     if value.is_empty() {
         return;
     }
-    // Every byte came from valid header values; a failure only drops the header.
-    if let Ok(v) = HeaderValue::from_bytes(&value) {
+    // Every byte came from valid header values; a failure only drops the header. Taken
+    // over without a copy.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(header::COOKIE, v);
     }
 }

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use dashmap::DashMap;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::OnceCell;
 
@@ -27,7 +26,7 @@ use super::{
     transition, Claim, LoginClaim, Lookup, RotateOutcome, Rotation, SessionRecord, SessionStore,
     StoreError,
 };
-use crate::session::SessionKey;
+use crate::session::{KeyMap, SessionKey};
 use crate::store::RevokeReason;
 use crate::vault::VaultChange;
 
@@ -41,8 +40,8 @@ type Inflight = Arc<OnceCell<Result<Lookup, StoreError>>>;
 
 pub struct CachedStore {
     inner: Arc<dyn SessionStore>,
-    entries: DashMap<SessionKey, Cached>,
-    inflight: DashMap<SessionKey, Inflight>,
+    entries: KeyMap<Cached>,
+    inflight: KeyMap<Inflight>,
     ttl: Duration,
     stale_for: Duration,
     max_entries: usize,
@@ -59,8 +58,8 @@ impl CachedStore {
     ) -> CachedStore {
         CachedStore {
             inner,
-            entries: DashMap::new(),
-            inflight: DashMap::new(),
+            entries: KeyMap::default(),
+            inflight: KeyMap::default(),
             ttl,
             stale_for,
             max_entries: max_entries.max(1),

@@ -27,14 +27,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dashmap::DashMap;
 use tokio::sync::OnceCell;
 
 use super::{
     Claim, LoginClaim, Lookup, MemoryStore, RevokeReason, RotateOutcome, Rotation, SessionRecord,
     SessionStore, StoreError,
 };
-use crate::session::SessionKey;
+use crate::session::{KeyMap, SessionKey};
 use crate::vault::VaultChange;
 
 pub struct DeferredStore {
@@ -43,7 +42,7 @@ pub struct DeferredStore {
     pending: MemoryStore,
     /// One materialising write per key at a time; an entry lives while its write is in
     /// flight.
-    writing: DashMap<SessionKey, Arc<OnceCell<()>>>,
+    writing: KeyMap<Arc<OnceCell<()>>>,
 }
 
 impl DeferredStore {
@@ -51,7 +50,7 @@ impl DeferredStore {
         DeferredStore {
             inner,
             pending,
-            writing: DashMap::new(),
+            writing: KeyMap::default(),
         }
     }
 

@@ -11,7 +11,6 @@
 
 use async_trait::async_trait;
 use dashmap::mapref::entry::Entry as MapEntry;
-use dashmap::DashMap;
 
 use super::bound::{self, Bound};
 use super::transition::{self, Step};
@@ -19,12 +18,12 @@ use super::{
     Claim, Entry, LoginClaim, Lookup, RevokeReason, RotateOutcome, Rotation, SessionRecord,
     SessionStore, StoreError,
 };
-use crate::session::SessionKey;
+use crate::session::{KeyMap, SessionKey};
 use crate::vault::VaultChange;
 
 #[derive(Debug)]
 pub struct MemoryStore {
-    map: DashMap<SessionKey, Entry>,
+    map: KeyMap<Entry>,
     bound: Bound,
 }
 
@@ -42,7 +41,7 @@ impl MemoryStore {
 
     pub fn bounded(bound: Bound) -> MemoryStore {
         MemoryStore {
-            map: DashMap::new(),
+            map: KeyMap::default(),
             bound,
         }
     }

@@ -227,13 +227,7 @@ pub fn prepare_request(
     let h = &mut parts.headers;
     strip_hop_by_hop(h, out.upgrade.is_some());
     // The canonical host, for `Host` (with `preserve_host`) and `X-Forwarded-Host`.
-    let canonical_host = match out.host {
-        Some(host) => Some(
-            HeaderValue::from_str(&host.header)
-                .map_err(|_| ProxyError::BadRequest("invalid Host"))?,
-        ),
-        None => None,
-    };
+    let canonical_host = out.host.map(|h| h.header().clone());
     let host_value = match (&canonical_host, route.preserve_host) {
         (Some(host), true) => host.clone(),
         _ => route.upstream.host_header.clone(),

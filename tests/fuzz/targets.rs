@@ -182,8 +182,8 @@ pub fn vault_capture(data: &[u8]) {
         assert!(vaulted().matches(c.name.as_bytes()));
         assert!(c.path.starts_with('/'));
     }
-    let pairs = vault::pairs_for(&stored, REQUEST_PATH, NOW_MS);
-    let joined = session::join_pairs(pairs.iter().map(|p| p.as_bytes()));
+    let mut joined = Vec::new();
+    vault::write_pairs(&stored, REQUEST_PATH, NOW_MS, &mut joined);
     assert!(
         HeaderValue::from_bytes(&joined).is_ok(),
         "the vault's Cookie header is invalid"
@@ -318,8 +318,19 @@ pub fn canon(data: &[u8]) {
         return;
     };
     if let Ok(h) = canon::host(s) {
-        let again = canon::host(&h.header).expect("a canonical Host parses");
+        let again =
+            canon::host(h.header().to_str().expect("ASCII")).expect("a canonical Host parses");
         assert_eq!(again, h);
+        // The shortcut for a canonical Host header takes it as it is.
+        assert_eq!(canon::host_value(h.header()), Ok(h));
+    }
+    if let Ok(v) = HeaderValue::from_str(s) {
+        // (A non-ASCII value is refused by both, for different reasons.)
+        assert_eq!(
+            canon::host_value(&v).ok(),
+            canon::host(s).ok(),
+            "the Host shortcut reads {s:?} otherwise"
+        );
     }
     let (path, query) = match s.split_once('?') {
         Some((p, q)) => (p, Some(q)),

@@ -134,8 +134,9 @@ impl Sessions {
         deadline: Duration,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, ProxyError> {
-        let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(deadline, fut).await {
+        // One clock read for both the deadline and the latency.
+        let started = tokio::time::Instant::now();
+        let result = match tokio::time::timeout_at(started + deadline, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(ProxyError::Store { op, source: e }),
             Err(_) => Err(ProxyError::Store {
@@ -221,7 +222,8 @@ impl Sessions {
         };
         let lookup = match self.call(StoreOp::Load, self.store.load(&key)).await {
             Ok(l) => l,
-            Err(e) => return self.serve_cached(key, e, route, now, on_failure).await,
+            // Boxed: an outage's path would otherwise enlarge every request's future.
+            Err(e) => return Box::pin(self.serve_cached(key, e, route, now, on_failure)).await,
         };
         let current = match lookup {
             // The common case is settled here: the other cases' state (a second load)

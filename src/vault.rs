@@ -39,14 +39,11 @@ pub fn capture(
     request_path: &str,
     now_ms: u64,
 ) -> Vec<VaultChange> {
-    if !headers.contains_key(header::SET_COOKIE) {
-        return Vec::new();
-    }
-    let lines: Vec<HeaderValue> = headers
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .cloned()
-        .collect();
+    // Taken out of the map (one lookup, no copies); the lines that pass go back in order.
+    let lines: Vec<HeaderValue> = match headers.entry(header::SET_COOKIE) {
+        http::header::Entry::Occupied(e) => e.remove_entry_mult().1.collect(),
+        http::header::Entry::Vacant(_) => return Vec::new(),
+    };
     let mut changes = Vec::new();
     let mut passed = Vec::with_capacity(lines.len());
     for line in lines {
@@ -68,7 +65,6 @@ pub fn capture(
             None => warn!("a vaulted cookie with a non-UTF-8 value was dropped"),
         }
     }
-    headers.remove(header::SET_COOKIE);
     for line in passed {
         headers.append(header::SET_COOKIE, line);
     }

@@ -131,7 +131,6 @@ struct Ctx<'a> {
     now: u64,
     canon: Canonical,
     presented: Presented,
-    /// The client's cookie pairs the app may see.
     /// The client's cookie pairs forwarded to the app, joined.
     kept: Vec<u8>,
     ticket: Option<Ticket>,
@@ -292,9 +291,18 @@ impl AppState {
                             self.proxy_observe(route, rs, &conn, canon, req, &upstream_time)
                                 .await
                         }
+                        // Boxed: hyper moves the request's future more than once, and
+                        // this pipeline's state is most of it.
                         (Ok(()), Some(rs)) => {
-                            self.proxy_session(route, rs, &conn, canon, req, &upstream_time)
-                                .await
+                            Box::pin(self.proxy_session(
+                                route,
+                                rs,
+                                &conn,
+                                canon,
+                                req,
+                                &upstream_time,
+                            ))
+                            .await
                         }
                     }
                 }
@@ -830,8 +838,8 @@ impl AppState {
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         timing: &UpstreamTime,
     ) -> Result<(Response<Body>, Option<Relay>), ProxyError> {
-        let started = Instant::now();
-        let sent = self.upstream.send(route, up_req).await;
+        let started = tokio::time::Instant::now();
+        let sent = self.upstream.send(route, up_req, started).await;
         let upstream_time = started.elapsed();
         if let Some(m) = self.route_metrics.get(route.index) {
             m.upstream_seconds.observe(upstream_time.as_secs_f64());
@@ -942,6 +950,51 @@ impl AppState {
         Ok(cookie)
     }
 
+    /// `commit` for a login attempt: a new ID on success (and on an undecided outcome the
+    /// rule rotates on), the session kept otherwise.
+    async fn commit_attempt(
+        &self,
+        ctx: &Ctx<'_>,
+        outcome: Outcome,
+        changes: Vec<vault::VaultChange>,
+    ) -> Result<Option<HeaderValue>, ProxyError> {
+        let sessions = &self.sessions;
+        let (current, route) = (ctx.current(), ctx.route.name.as_str());
+        let c = sessions.counters();
+        let undecided = ctx.login.map_or(Undecided::Rotate, |r| r.undecided);
+        match outcome {
+            Outcome::Success => {
+                c.login_success.inc();
+                Ok(Some(self.signed_in(ctx, changes).await?))
+            }
+            Outcome::Undecided if undecided == Undecided::Rotate => {
+                c.login_no_match.inc();
+                match current {
+                    Some(cur) => Ok(Some(
+                        sessions
+                            .rotate_undecided(cur, changes, route, ctx.now)
+                            .await?,
+                    )),
+                    // No session to move: whatever the app set starts a fresh one.
+                    None => sessions.after_response(None, changes, route, ctx.now).await,
+                }
+            }
+            outcome => {
+                if outcome == Outcome::Failure {
+                    c.login_failure.inc();
+                } else {
+                    c.login_no_match.inc();
+                }
+                if let (Some(claim), Some(cur)) = (ctx.claimed, current) {
+                    sessions.release_login(cur, claim).await?;
+                }
+                sessions
+                    .after_response(current, changes, route, ctx.now)
+                    .await
+            }
+        }
+    }
+
     /// Phase: commit the session change before the response (and its cookie) leaves.
     async fn commit(
         &self,
@@ -952,63 +1005,31 @@ impl AppState {
     ) -> Result<Option<HeaderValue>, ProxyError> {
         let sessions = &self.sessions;
         let (current, route) = (ctx.current(), ctx.route.name.as_str());
-        let c = sessions.counters();
         let creates = current.is_none()
             && (rotate::starts_session(&changes) || (ctx.attempt && outcome == Outcome::Success));
         if creates {
             sessions.admit_new(ctx.client)?;
         }
-        let set_cookie = if ctx.attempt {
-            let undecided = ctx.login.map_or(Undecided::Rotate, |r| r.undecided);
-            match outcome {
-                Outcome::Success => {
-                    c.login_success.inc();
-                    Some(self.signed_in(ctx, changes).await?)
+        let set_cookie = match (ctx.attempt, ctx.logout, outcome) {
+            // Boxed, as rare paths: their state would otherwise be part of every
+            // request's future, and copied with it.
+            (true, _, _) => Box::pin(self.commit_attempt(ctx, outcome, changes)).await?,
+            (false, Some(rule), Outcome::Success) => {
+                if rule.clear_site_data {
+                    resp.headers_mut()
+                        .insert("clear-site-data", HeaderValue::from_static("\"cookies\""));
                 }
-                Outcome::Undecided if undecided == Undecided::Rotate => {
-                    c.login_no_match.inc();
-                    match current {
-                        Some(cur) => Some(
-                            sessions
-                                .rotate_undecided(cur, changes, route, ctx.now)
-                                .await?,
-                        ),
-                        // No session to move: whatever the app set starts a fresh one.
-                        None => {
-                            sessions
-                                .after_response(None, changes, route, ctx.now)
-                                .await?
-                        }
-                    }
+                if let Some(cur) = current {
+                    // Streams opened on the session (a WebSocket, an event stream) end with it.
+                    self.inflight.end_streams(&cur.key);
                 }
-                outcome => {
-                    if outcome == Outcome::Failure {
-                        c.login_failure.inc();
-                    } else {
-                        c.login_no_match.inc();
-                    }
-                    if let (Some(claim), Some(cur)) = (ctx.claimed, current) {
-                        sessions.release_login(cur, claim).await?;
-                    }
-                    sessions
-                        .after_response(current, changes, route, ctx.now)
-                        .await?
-                }
+                Some(Box::pin(sessions.logout(current, route, ctx.now)).await?)
             }
-        } else if let (Some(rule), Outcome::Success) = (ctx.logout, outcome) {
-            if rule.clear_site_data {
-                resp.headers_mut()
-                    .insert("clear-site-data", HeaderValue::from_static("\"cookies\""));
+            _ => {
+                sessions
+                    .after_response(current, changes, route, ctx.now)
+                    .await?
             }
-            if let Some(cur) = current {
-                // Streams opened on the session (a WebSocket, an event stream) end with it.
-                self.inflight.end_streams(&cur.key);
-            }
-            Some(sessions.logout(current, route, ctx.now).await?)
-        } else {
-            sessions
-                .after_response(current, changes, route, ctx.now)
-                .await?
         };
         Ok(set_cookie.or_else(|| {
             ctx.resolved

@@ -53,17 +53,22 @@ impl UpstreamClient {
     }
 
     /// Sends a prepared request and waits for the response head within the route's
-    /// deadline.
+    /// deadline from `started` (the caller's clock reading, shared to save reads).
     pub async fn send(
         &self,
         route: &Route,
         req: Request<Body>,
+        started: tokio::time::Instant,
     ) -> Result<Response<PooledBody>, ProxyError> {
         let up = &route.upstream;
-        let sent = self
-            .pool
-            .send(&up.scheme, &up.authority, req, route.body_idle_timeout);
-        match tokio::time::timeout(route.response_timeout, sent).await {
+        let sent = self.pool.send(
+            &up.scheme,
+            &up.authority,
+            req,
+            route.body_idle_timeout,
+            started.into_std(),
+        );
+        match tokio::time::timeout_at(started + route.response_timeout, sent).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(route.response_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(SendError::Connect(e))) => Err(ProxyError::UpstreamConnect(e)),

@@ -122,6 +122,7 @@ impl Pool {
         authority: &Authority,
         mut req: Request<Body>,
         idle: Duration,
+        now: Instant,
     ) -> Result<Response<PooledBody>, SendError> {
         let slot = self
             .slots
@@ -129,7 +130,7 @@ impl Pool {
             .find(|s| s.scheme == *scheme && s.authority == *authority)
             .ok_or_else(|| SendError::Connect("no connection pool for this upstream".into()))?;
         loop {
-            let (mut sender, reused) = match self.checkout(slot) {
+            let (mut sender, reused) = match self.checkout(slot, now) {
                 Some(sender) => (sender, true),
                 // Boxed: connecting is rare, and its future would otherwise enlarge
                 // (and be copied with) every request's future.
@@ -167,10 +168,12 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open and not expired.
-    fn checkout(&self, slot: &Slot) -> Option<SendRequest<Body>> {
+    fn checkout(&self, slot: &Slot, now: Instant) -> Option<SendRequest<Body>> {
         let mut idle = slot.idle.lock().ok()?;
         while let Some(conn) = idle.pop_back() {
-            if conn.sender.is_ready() && conn.since.elapsed() < self.idle_timeout {
+            if conn.sender.is_ready()
+                && now.saturating_duration_since(conn.since) < self.idle_timeout
+            {
                 return Some(conn.sender);
             }
         }

@@ -10,6 +10,7 @@
 //! (harden every Set-Cookie on the way back). `config` is parsed into final types once at
 //! start-up; `error` maps every failure to one response.
 
+pub mod activity;
 pub mod admin;
 pub mod app;
 pub mod body;

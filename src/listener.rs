@@ -31,6 +31,7 @@ use std::future::Future;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use crate::activity::{Activity, Tracked};
 use crate::config::ServerConfig;
 use crate::telemetry::Metrics;
 use crate::Body;
@@ -53,9 +54,11 @@ pub struct Live<H> {
     tls: Option<TlsAcceptor>,
     builder: auto::Builder<TokioExecutor>,
     handshake_timeout: Duration,
+    head_timeout: Duration,
     /// For connections accepted under pressure (see [`PRESSED_DEADLINE`]).
     pressed_builder: auto::Builder<TokioExecutor>,
     pressed_handshake_timeout: Duration,
+    pressed_head_timeout: Duration,
 }
 
 /// When fewer than a tenth of `max_connections` are free, a new connection gets at most
@@ -73,13 +76,13 @@ pub const PRESSED_BODY_DEADLINE: Duration = Duration::from_secs(10);
 impl<H: Handler> Live<H> {
     pub fn new(state: Arc<H>, tls: Option<TlsAcceptor>) -> Live<H> {
         let server = state.server_config();
-        let mut pressed = server.clone();
-        pressed.header_read_timeout = pressed.header_read_timeout.min(PRESSED_DEADLINE);
         Live {
             builder: connection_builder(server),
             handshake_timeout: server.tls_handshake_timeout,
-            pressed_builder: connection_builder(&pressed),
+            head_timeout: server.header_read_timeout,
+            pressed_builder: connection_builder(server),
             pressed_handshake_timeout: server.tls_handshake_timeout.min(PRESSED_DEADLINE),
+            pressed_head_timeout: server.header_read_timeout.min(PRESSED_DEADLINE),
             tls,
             state,
         }
@@ -120,12 +123,13 @@ impl ConnInfo {
     }
 }
 
-/// Connection-level HTTP settings.
+/// Connection-level HTTP settings. The head deadline is not hyper's (see [`activity`]):
+/// its own is turned off, or it would default to 30 s.
 pub fn connection_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
+        .header_read_timeout(None::<Duration>)
         .max_buf_size(cfg.max_header_bytes)
         .max_headers(cfg.max_headers);
     b.http2()
@@ -196,14 +200,24 @@ async fn serve_connection<H: Handler>(
 ) {
     // The config current when the connection arrived sets its handshake and HTTP limits.
     let live = shared.load_full();
-    let (builder, handshake_timeout) = match pressed {
-        true => (&live.pressed_builder, live.pressed_handshake_timeout),
-        false => (&live.builder, live.handshake_timeout),
+    let (builder, handshake_timeout, head_timeout) = match pressed {
+        true => (
+            &live.pressed_builder,
+            live.pressed_handshake_timeout,
+            live.pressed_head_timeout,
+        ),
+        false => (&live.builder, live.handshake_timeout, live.head_timeout),
+    };
+    let http = Http {
+        builder,
+        head_timeout,
+        shared: shared.clone(),
+        watcher,
     };
     let acceptor = match (tls, &live.tls) {
         (false, _) => {
             let conn = ConnInfo::new(peer, false, pressed);
-            return serve_http(TokioIo::new(tcp), conn, builder, shared.clone(), watcher).await;
+            return serve_http(TokioIo::new(tcp), conn, http).await;
         }
         (true, Some(acceptor)) => acceptor.clone(),
         (true, None) => return, // cannot happen: a TLS listener implies [tls]
@@ -211,7 +225,7 @@ async fn serve_connection<H: Handler>(
     match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => {
             let conn = ConnInfo::new(peer, true, pressed);
-            serve_http(TokioIo::new(stream), conn, builder, shared.clone(), watcher).await
+            serve_http(TokioIo::new(stream), conn, http).await
         }
         Ok(Err(e)) => {
             metrics.tls_handshake_failures.inc();
@@ -224,22 +238,42 @@ async fn serve_connection<H: Handler>(
     }
 }
 
-async fn serve_http<IO, H: Handler>(
-    io: TokioIo<IO>,
-    conn: ConnInfo,
-    builder: &auto::Builder<TokioExecutor>,
+/// How a connection's HTTP is served: settings and deadline from the config it arrived
+/// under, requests on the current one.
+struct Http<'a, H> {
+    builder: &'a auto::Builder<TokioExecutor>,
+    head_timeout: Duration,
     shared: Shared<H>,
     watcher: Watcher,
-) where
+}
+
+async fn serve_http<IO, H: Handler>(io: TokioIo<IO>, conn: ConnInfo, http: Http<'_, H>)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Each request runs on the config current when it starts.
+    let activity = Arc::new(Activity::default());
+    // Each request runs on the config current when it starts, and is in progress for the
+    // head deadline until its response body is dropped.
     let svc = hyper::service::service_fn({
-        let conn = conn.clone();
-        move |req| shared.load().state.clone().handle(conn.clone(), req)
+        let (conn, activity, shared) = (conn.clone(), activity.clone(), http.shared);
+        move |req| {
+            let request = activity.begin();
+            let handled = shared.load().state.clone().handle(conn.clone(), req);
+            async move {
+                let resp = handled.await?;
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, request)))
+            }
+        }
     });
-    let connection = builder.serve_connection_with_upgrades(io, svc);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
+    let connection = http.builder.serve_connection_with_upgrades(io, svc);
+    let served = tokio::select! {
+        served = http.watcher.watch(connection.into_owned()) => served,
+        () = activity.idle_for(http.head_timeout) => {
+            debug!(peer = %conn.peer, "closed a connection without a request head for header_read_timeout");
+            return;
+        }
+    };
+    if let Err(e) = served {
         match e.downcast_ref::<hyper::Error>() {
             // hyper answered 400 or 431 itself: log the reason and an access line, as
             // for every other refused request.

@@ -318,3 +318,80 @@ async fn a_connection_taking_the_last_slots_gets_short_deadlines() {
     let mut visitor = Browser::new(&proxy);
     assert_eq!(whoami(&mut visitor).await, "anonymous");
 }
+
+/// `server.header_read_timeout` is sessiongate's own deadline (`activity.rs`), not
+/// hyper's: a connection trickling a head (slowloris) and one left idle after a request
+/// are closed once it has passed, while a response streaming for longer is not cut.
+#[tokio::test]
+async fn the_head_deadline_closes_slow_and_idle_connections_but_not_a_stream() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = std::sync::Arc::new(Pki::new());
+    let app = LegacyApp::start().await;
+    let server = base_config(&pki).replace(
+        "shutdown_grace = \"5s\"",
+        "shutdown_grace = \"5s\"\nheader_read_timeout = \"1s\"",
+    );
+    let proxy = Proxy::start_with(pki, &format!("{server}\n{}", app.route_config(""))).await;
+    let deadline = Duration::from_secs(1);
+
+    // A head that never ends.
+    let mut slow = proxy.tls("localhost", &[b"http/1.1"]).await;
+    let opened = tokio::time::Instant::now();
+    slow.write_all(b"GET /whoami HTTP/1.1\r\nHost: localhost\r\nX-A: 1\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+    let waited = opened.elapsed();
+    assert!(read.is_ok(), "a trickled head kept its connection open");
+    assert!(
+        waited >= deadline && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+
+    // A keep-alive connection left idle after an answered request.
+    let mut idle = proxy.h1().await;
+    let get = || {
+        http::Request::get("/whoami")
+            .header("host", "localhost")
+            .body(sessiongate::full_body(""))
+            .unwrap()
+    };
+    assert_eq!(idle.send(get()).await.status, 200);
+    // Still open within the deadline.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(idle.send(get()).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let again = async {
+        idle.send.ready().await?;
+        idle.send.send_request(get()).await
+    };
+    assert!(
+        again.await.is_err(),
+        "an idle connection outlived the deadline"
+    );
+
+    // An event stream (an event every 100 ms) for three deadlines.
+    let mut streaming = proxy.h1().await;
+    let resp = streaming
+        .send_raw(
+            http::Request::get("/events")
+                .header("host", "localhost")
+                .body(sessiongate::full_body(""))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let started = tokio::time::Instant::now();
+    let mut events = 0;
+    while started.elapsed() < deadline * 3 {
+        let frame = tokio::time::timeout(Duration::from_secs(1), body.frame()).await;
+        match frame {
+            Ok(Some(Ok(_))) => events += 1,
+            other => panic!("the stream ended after {:?}: {other:?}", started.elapsed()),
+        }
+    }
+    assert!(events >= 20, "{events} events in 3 s");
+}

@@ -278,21 +278,28 @@ impl AppState {
                 None => Err(ProxyError::NoRoute),
                 Some(route) => {
                     let route = routed.insert(route.clone());
-                    // The two pipelines are awaited from here, not from a function of
-                    // their own: every layer of futures is one more copy of the request's
-                    // state per request.
+                    // The pipelines are awaited from here, not from a function of their
+                    // own: every layer of futures is one more copy of the request's state
+                    // per request. They are boxed: the request's future is moved more
+                    // than once (by hyper, by the listener), and theirs would be most of
+                    // it (2 to 4 KB).
                     match (self.check_route(route, &mut req), &route.session) {
                         (Err(e), _) => Err(e),
                         (Ok(()), None) => {
-                            self.proxy_plain(route, &conn, canon, req, &upstream_time)
+                            Box::pin(self.proxy_plain(route, &conn, canon, req, &upstream_time))
                                 .await
                         }
                         (Ok(()), Some(rs)) if rs.mode == SessionMode::Observe => {
-                            self.proxy_observe(route, rs, &conn, canon, req, &upstream_time)
-                                .await
+                            Box::pin(self.proxy_observe(
+                                route,
+                                rs,
+                                &conn,
+                                canon,
+                                req,
+                                &upstream_time,
+                            ))
+                            .await
                         }
-                        // Boxed: hyper moves the request's future more than once, and
-                        // this pipeline's state is most of it.
                         (Ok(()), Some(rs)) => {
                             Box::pin(self.proxy_session(
                                 route,

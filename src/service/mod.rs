@@ -84,6 +84,11 @@ pub enum BuildError {
     Entropy(#[from] crate::session::ids::EntropyError),
 }
 
+/// A request's pipeline, as [`AppState::pipeline`] picks it.
+type Pipeline<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a>,
+>;
+
 impl Handler for AppState {
     fn handle(
         self: Arc<Self>,
@@ -278,38 +283,11 @@ impl AppState {
                 None => Err(ProxyError::NoRoute),
                 Some(route) => {
                     let route = routed.insert(route.clone());
-                    // The pipelines are awaited from here, not from a function of their
-                    // own: every layer of futures is one more copy of the request's state
-                    // per request. They are boxed: the request's future is moved more
-                    // than once (by hyper, by the listener), and theirs would be most of
-                    // it (2 to 4 KB).
-                    match (self.check_route(route, &mut req), &route.session) {
-                        (Err(e), _) => Err(e),
-                        (Ok(()), None) => {
-                            Box::pin(self.proxy_plain(route, &conn, canon, req, &upstream_time))
+                    match self.check_route(route, &mut req) {
+                        Err(e) => Err(e),
+                        Ok(()) => {
+                            self.pipeline(route, &conn, canon, req, &upstream_time)
                                 .await
-                        }
-                        (Ok(()), Some(rs)) if rs.mode == SessionMode::Observe => {
-                            Box::pin(self.proxy_observe(
-                                route,
-                                rs,
-                                &conn,
-                                canon,
-                                req,
-                                &upstream_time,
-                            ))
-                            .await
-                        }
-                        (Ok(()), Some(rs)) => {
-                            Box::pin(self.proxy_session(
-                                route,
-                                rs,
-                                &conn,
-                                canon,
-                                req,
-                                &upstream_time,
-                            ))
-                            .await
                         }
                     }
                 }
@@ -337,6 +315,26 @@ impl AppState {
             .log();
         }
         Ok(resp)
+    }
+
+    /// The route's pipeline for the request, boxed: the request's future is moved more
+    /// than once (by hyper, by the listener), and the pipeline's state would be most of
+    /// it (2 to 4 KB).
+    fn pipeline<'a>(
+        &'a self,
+        route: &'a Route,
+        conn: &'a ConnInfo,
+        canon: Canonical,
+        req: Request<Body>,
+        timing: &'a UpstreamTime,
+    ) -> Pipeline<'a> {
+        match &route.session {
+            None => Box::pin(self.proxy_plain(route, conn, canon, req, timing)),
+            Some(rs) if rs.mode == SessionMode::Observe => {
+                Box::pin(self.proxy_observe(route, rs, conn, canon, req, timing))
+            }
+            Some(rs) => Box::pin(self.proxy_session(route, rs, conn, canon, req, timing)),
+        }
     }
 
     /// A request that failed: counted, logged (throttled where the client or a flood

@@ -56,7 +56,6 @@ pub struct Live<H> {
     handshake_timeout: Duration,
     head_timeout: Duration,
     /// For connections accepted under pressure (see [`PRESSED_DEADLINE`]).
-    pressed_builder: auto::Builder<TokioExecutor>,
     pressed_handshake_timeout: Duration,
     pressed_head_timeout: Duration,
 }
@@ -80,7 +79,6 @@ impl<H: Handler> Live<H> {
             builder: connection_builder(server),
             handshake_timeout: server.tls_handshake_timeout,
             head_timeout: server.header_read_timeout,
-            pressed_builder: connection_builder(server),
             pressed_handshake_timeout: server.tls_handshake_timeout.min(PRESSED_DEADLINE),
             pressed_head_timeout: server.header_read_timeout.min(PRESSED_DEADLINE),
             tls,
@@ -200,16 +198,12 @@ async fn serve_connection<H: Handler>(
 ) {
     // The config current when the connection arrived sets its handshake and HTTP limits.
     let live = shared.load_full();
-    let (builder, handshake_timeout, head_timeout) = match pressed {
-        true => (
-            &live.pressed_builder,
-            live.pressed_handshake_timeout,
-            live.pressed_head_timeout,
-        ),
-        false => (&live.builder, live.handshake_timeout, live.head_timeout),
+    let (handshake_timeout, head_timeout) = match pressed {
+        true => (live.pressed_handshake_timeout, live.pressed_head_timeout),
+        false => (live.handshake_timeout, live.head_timeout),
     };
     let http = Http {
-        builder,
+        builder: &live.builder,
         head_timeout,
         shared: shared.clone(),
         watcher,

@@ -31,10 +31,9 @@ use std::future::Future;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::activity::{Activity, Tracked};
+use crate::activity::{Activity, InProgress, Tracked};
 use crate::config::ServerConfig;
 use crate::telemetry::Metrics;
-use crate::Body;
 
 /// What serves the requests of a connection (the request pipeline, `service::AppState`).
 pub trait Handler: Send + Sync + 'static {
@@ -42,7 +41,8 @@ pub trait Handler: Send + Sync + 'static {
         self: Arc<Self>,
         conn: ConnInfo,
         req: Request<Incoming>,
-    ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static;
+        request: InProgress,
+    ) -> impl Future<Output = Result<Response<Tracked>, Infallible>> + Send + 'static;
 
     /// The server settings this handler's config sets for new connections.
     fn server_config(&self) -> &ServerConfig;
@@ -252,11 +252,11 @@ where
         let (conn, activity, shared) = (conn.clone(), activity.clone(), http.shared);
         move |req| {
             let request = activity.begin();
-            let handled = shared.load().state.clone().handle(conn.clone(), req);
-            async move {
-                let resp = handled.await?;
-                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, request)))
-            }
+            shared
+                .load()
+                .state
+                .clone()
+                .handle(conn.clone(), req, request)
         }
     });
     let connection = http.builder.serve_connection_with_upgrades(io, svc);

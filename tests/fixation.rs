@@ -554,7 +554,8 @@ async fn the_pipeline_runs_without_a_client_socket() {
         let state = state.clone();
         let conn = conn.clone();
         async move {
-            let resp = state.handle(conn, req).await.unwrap();
+            let activity = std::sync::Arc::new(sessiongate::activity::Activity::default());
+            let resp = state.handle(conn, req, activity.begin()).await.unwrap();
             let status = resp.status().as_u16();
             let cookies: Vec<String> = resp
                 .headers()

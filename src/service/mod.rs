@@ -49,6 +49,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, info, warn};
 
+use crate::activity::{InProgress, Tracked};
 use crate::canon::{self, FramingError, Host, Target};
 use crate::config::{Config, Route, RouteSession, SessionMode, Undecided};
 use crate::cookies;
@@ -94,9 +95,10 @@ impl Handler for AppState {
         self: Arc<Self>,
         conn: ConnInfo,
         req: Request<Incoming>,
-    ) -> impl std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static
+        request: InProgress,
+    ) -> impl std::future::Future<Output = Result<Response<Tracked>, Infallible>> + Send + 'static
     {
-        AppState::handle(self, conn, req)
+        AppState::handle(self, conn, req, request)
     }
 
     fn server_config(&self) -> &crate::config::ServerConfig {
@@ -256,12 +258,15 @@ impl AppState {
 
     /// Serves one request; never fails (errors become pages). Generic over the body, so
     /// the pipeline can be driven without a client socket; every phase works on the
-    /// boxed [`Body`] (the upgrade handle travels in the request's extensions).
+    /// boxed [`Body`] (the upgrade handle travels in the request's extensions). The
+    /// request stays in progress for its connection's head deadline until the response
+    /// body is dropped (carried here rather than by a wrapper future: one layer less).
     pub async fn handle<B>(
         self: Arc<Self>,
         conn: ConnInfo,
         req: Request<B>,
-    ) -> Result<Response<Body>, Infallible>
+        request: InProgress,
+    ) -> Result<Response<Tracked>, Infallible>
     where
         B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<crate::BoxError>,
@@ -314,7 +319,7 @@ impl AppState {
             }
             .log();
         }
-        Ok(resp)
+        Ok(resp.map(|body| Tracked::new(body, request)))
     }
 
     /// The route's pipeline for the request, boxed: the request's future is moved more

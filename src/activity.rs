@@ -110,52 +110,54 @@ impl http_body::Body for Tracked {
 mod tests {
     use super::*;
 
+    const LIMIT: Duration = Duration::from_secs(8);
+
+    /// How long `idle_for(LIMIT)` takes while `alongside` runs (paused time).
+    async fn closed_after(
+        activity: &Activity,
+        alongside: impl std::future::Future<Output = ()>,
+    ) -> Duration {
+        let started = tokio::time::Instant::now();
+        let ((), ()) = tokio::join!(activity.idle_for(LIMIT), alongside);
+        started.elapsed()
+    }
+
+    fn assert_within(waited: Duration, from_ms: u64, to_ms: u64) {
+        assert!(
+            waited >= Duration::from_millis(from_ms) && waited <= Duration::from_millis(to_ms),
+            "{waited:?}"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_is_closed_within_a_quarter_of_the_limit_after() {
         let activity = Arc::new(Activity::default());
-        let started = tokio::time::Instant::now();
-        activity.idle_for(Duration::from_secs(8)).await;
-        let waited = started.elapsed();
-        assert!(
-            waited >= Duration::from_secs(8) && waited <= Duration::from_secs(10),
-            "{waited:?}"
-        );
+        let waited = closed_after(&activity, async {}).await;
+        assert_within(waited, 8_000, 10_000);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_request_in_progress_holds_the_connection_open_and_its_end_restarts_the_wait() {
         let activity = Arc::new(Activity::default());
         let request = activity.begin();
-        let started = tokio::time::Instant::now();
         let ends = async {
             // A response streaming for three deadlines (ending on a tick: either order).
             tokio::time::sleep(Duration::from_secs(24)).await;
             drop(request);
         };
-        let ((), ()) = tokio::join!(activity.idle_for(Duration::from_secs(8)), ends);
-        let waited = started.elapsed();
-        assert!(
-            waited >= Duration::from_secs(32) && waited <= Duration::from_secs(34),
-            "{waited:?}"
-        );
+        assert_within(closed_after(&activity, ends).await, 32_000, 34_000);
     }
 
     #[tokio::test(start_paused = true)]
     async fn requests_that_end_within_the_limit_keep_the_connection() {
         let activity = Arc::new(Activity::default());
-        let started = tokio::time::Instant::now();
         let requests = async {
             for _ in 0..5 {
                 tokio::time::sleep(Duration::from_millis(5_500)).await;
                 drop(activity.begin());
             }
         };
-        let ((), ()) = tokio::join!(activity.idle_for(Duration::from_secs(8)), requests);
         // The last request ended at 27.5 s: closed 8 to 10 s after it.
-        let waited = started.elapsed();
-        assert!(
-            waited >= Duration::from_millis(35_500) && waited <= Duration::from_millis(37_500),
-            "{waited:?}"
-        );
+        assert_within(closed_after(&activity, requests).await, 35_500, 37_500);
     }
 }

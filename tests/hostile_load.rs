@@ -24,6 +24,18 @@ async fn start(session: &str, store: &str, route: &str) -> (LegacyApp, Proxy) {
     (app, proxy)
 }
 
+/// A legacy app behind an in-process proxy whose `[server]` table also has `server`.
+async fn start_with_server(server: &str) -> (LegacyApp, Proxy) {
+    let pki = std::sync::Arc::new(Pki::new());
+    let app = LegacyApp::start().await;
+    let text = base_config(&pki).replace(
+        "shutdown_grace = \"5s\"",
+        &format!("shutdown_grace = \"5s\"\n{server}"),
+    );
+    let proxy = Proxy::start_with(pki, &format!("{text}\n{}", app.route_config(""))).await;
+    (app, proxy)
+}
+
 /// The sum of a metric's samples whose labels contain `label`.
 fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
     text.lines()
@@ -284,13 +296,8 @@ async fn a_flood_of_new_visitors_leaves_memory_flat() {
 #[tokio::test]
 async fn a_connection_taking_the_last_slots_gets_short_deadlines() {
     use tokio::io::AsyncReadExt;
-    let pki = std::sync::Arc::new(Pki::new());
-    let app = LegacyApp::start().await;
-    let server = base_config(&pki).replace(
-        "shutdown_grace = \"5s\"",
-        "shutdown_grace = \"5s\"\nmax_connections = 10\ntls_handshake_timeout = \"30s\"",
-    );
-    let proxy = Proxy::start_with(pki, &format!("{server}\n{}", app.route_config(""))).await;
+    let (_app, proxy) =
+        start_with_server("max_connections = 10\ntls_handshake_timeout = \"30s\"").await;
     let metrics = &proxy.sessions.metrics;
     // Ten connections that never send a TLS ClientHello.
     let mut idle = Vec::new();
@@ -326,13 +333,7 @@ async fn a_connection_taking_the_last_slots_gets_short_deadlines() {
 async fn the_head_deadline_closes_slow_and_idle_connections_but_not_a_stream() {
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let pki = std::sync::Arc::new(Pki::new());
-    let app = LegacyApp::start().await;
-    let server = base_config(&pki).replace(
-        "shutdown_grace = \"5s\"",
-        "shutdown_grace = \"5s\"\nheader_read_timeout = \"1s\"",
-    );
-    let proxy = Proxy::start_with(pki, &format!("{server}\n{}", app.route_config(""))).await;
+    let (_app, proxy) = start_with_server("header_read_timeout = \"1s\"").await;
     let deadline = Duration::from_secs(1);
 
     // A head that never ends.

@@ -98,13 +98,13 @@ pub fn target(path: &str, query: Option<&str>) -> Result<Target, Reason> {
         return Err("the request target must be an absolute path");
     }
     let mut segments: Vec<Segment> = Vec::new();
-    let raw_segments: Vec<&str> = path[1..].split('/').collect();
-    let last = raw_segments.len().saturating_sub(1);
+    let mut raw_segments = path[1..].split('/').peekable();
     let mut trailing_slash = false;
-    for (i, raw) in raw_segments.iter().enumerate() {
+    while let Some(raw) = raw_segments.next() {
+        let is_last = raw_segments.peek().is_none();
         let (name_raw, params) = match raw.split_once(';') {
             Some((n, p)) => (n, p.split(';').map(str::to_owned).collect::<Vec<_>>()),
-            None => (*raw, Vec::new()),
+            None => (raw, Vec::new()),
         };
         let name = decode_segment(name_raw)?;
         if !params.is_empty() && (name == "." || name == "..") {
@@ -116,16 +116,16 @@ pub fn target(path: &str, query: Option<&str>) -> Result<Target, Reason> {
         match name.as_str() {
             "" => {
                 // Repeated slashes merge; parameters of an empty segment go with it.
-                if i == last {
+                if is_last {
                     trailing_slash = true;
                 }
             }
-            "." => trailing_slash = i == last,
+            "." => trailing_slash = is_last,
             ".." => {
                 if segments.pop().is_none() {
                     return Err("the path climbs above the root");
                 }
-                trailing_slash = i == last;
+                trailing_slash = is_last;
             }
             _ => {
                 segments.push(Segment { name, params });

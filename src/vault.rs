@@ -39,17 +39,17 @@ pub fn capture(
     request_path: &str,
     now_ms: u64,
 ) -> Vec<VaultChange> {
-    // Taken out of the map (one lookup, no copies); the lines that pass go back in order.
+    // Taken out of the map (one lookup, no copies); the lines that pass go back in order,
+    // each as soon as it is read.
     let lines: Vec<HeaderValue> = match headers.entry(header::SET_COOKIE) {
         http::header::Entry::Occupied(e) => e.remove_entry_mult().1.collect(),
         http::header::Entry::Vacant(_) => return Vec::new(),
     };
     let mut changes = Vec::new();
-    let mut passed = Vec::with_capacity(lines.len());
     for line in lines {
         let Ok(c) = SetCookie::parse(line.as_bytes()) else {
             // Unparseable lines are dropped later, by hardening.
-            passed.push(line);
+            headers.append(header::SET_COOKIE, line);
             continue;
         };
         if c.name == proxy_cookie.as_bytes() {
@@ -57,16 +57,13 @@ pub fn capture(
             continue;
         }
         if !vaulted.matches(c.name) {
-            passed.push(line);
+            headers.append(header::SET_COOKIE, line);
             continue;
         }
         match change_for(&c, request_path, now_ms) {
             Some(change) => changes.push(change),
             None => warn!("a vaulted cookie with a non-UTF-8 value was dropped"),
         }
-    }
-    for line in passed {
-        headers.append(header::SET_COOKIE, line);
     }
     changes
 }

@@ -769,7 +769,16 @@ impl AppState {
         let pq = self.forwarded_target(ctx.route, strip, &ctx.canon.target);
         // The vault's pairs first: with no client pair that reads as a vaulted name left,
         // the order cannot matter, but first-wins parsers are then right twice over.
-        let mut cookie = Vec::new();
+        // Sized once: the header is written on every request of a session, and growing
+        // it pair by pair cost a reallocation or two each time.
+        let vault_len = ctx.current().map_or(0, |cur| {
+            cur.record.vault.iter().fold(0usize, |n, c| {
+                n.saturating_add(c.name.len())
+                    .saturating_add(c.value.len())
+                    .saturating_add(3)
+            })
+        });
+        let mut cookie = Vec::with_capacity(vault_len.saturating_add(ctx.kept.len() + 2));
         if let Some(cur) = ctx.current() {
             vault::write_pairs(
                 &cur.record.vault,

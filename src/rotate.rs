@@ -37,7 +37,7 @@ use crate::vault::{self, VaultChange};
 #[derive(Debug, Clone)]
 pub struct Current {
     pub key: SessionKey,
-    pub record: SessionRecord,
+    pub record: std::sync::Arc<SessionRecord>,
     /// Reached through an ID in its post-rotation grace window.
     pub via_grace: bool,
 }

@@ -185,7 +185,7 @@ fn record(now: u64) -> SessionRecord {
 
 async fn live(store: &dyn SessionStore, key: &SessionKey) -> SessionRecord {
     match store.load(key).await.unwrap() {
-        Lookup::Live(r) => r,
+        Lookup::Live(r) => SessionRecord::clone(&r),
         other => panic!("expected a live session, got {other:?}"),
     }
 }
@@ -262,7 +262,10 @@ mod checks {
             ..cookie("lang", "fr", "/app")
         });
         let k = created(&*store, &rec).await;
-        assert_eq!(store.load(&k).await.unwrap(), Lookup::Live(rec));
+        assert_eq!(
+            store.load(&k).await.unwrap(),
+            Lookup::Live(std::sync::Arc::new(rec))
+        );
     }
 
     /// Creates a session, then another record on its key: a conflict, the first record
@@ -1127,7 +1130,10 @@ mod checks {
         expired.expires_at = 2_000;
         store.create(&k, &expired).await.unwrap();
         assert_eq!(store.sweep(u64::MAX / 2).await.unwrap(), 0);
-        assert_eq!(store.load(&k).await.unwrap(), Lookup::Live(expired));
+        assert_eq!(
+            store.load(&k).await.unwrap(),
+            Lookup::Live(std::sync::Arc::new(expired))
+        );
     }
 
     pub async fn sweep_removes_only_what_is_due(store: Arc<dyn SessionStore>) {

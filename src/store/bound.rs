@@ -130,7 +130,7 @@ mod tests {
     fn anonymous(last_seen: u64) -> Entry {
         let mut r = SessionRecord::new_anonymous(1, u64::MAX, vec![]);
         r.last_seen_at = last_seen;
-        Entry::Live(r)
+        Entry::Live(std::sync::Arc::new(r))
     }
 
     #[test]
@@ -140,7 +140,7 @@ mod tests {
         signed_in.last_seen_at = 0;
         let entries = vec![
             (key(1), anonymous(50)),
-            (key(2), Entry::Live(signed_in)),
+            (key(2), Entry::Live(std::sync::Arc::new(signed_in))),
             (key(3), anonymous(10)),
             (key(4), anonymous(30)),
             (

@@ -163,7 +163,7 @@ impl SessionStore for CachedStore {
 
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
         self.inner.create(key, record).await?;
-        self.put(*key, Lookup::Live(record.clone()));
+        self.put(*key, Lookup::Live(Arc::new(record.clone())));
         Ok(())
     }
 
@@ -176,7 +176,7 @@ impl SessionStore for CachedStore {
     ) -> Result<Option<SessionRecord>, StoreError> {
         let r = self.inner.merge_vault(key, changes, now, expires_at).await;
         match &r {
-            Ok(Some(rec)) => self.put(*key, Lookup::Live(rec.clone())),
+            Ok(Some(rec)) => self.put(*key, Lookup::Live(Arc::new(rec.clone()))),
             _ => self.evict(key),
         }
         r
@@ -186,6 +186,8 @@ impl SessionStore for CachedStore {
         self.inner.touch(key, now, expires_at).await?;
         if let Some(mut e) = self.entries.get_mut(key) {
             if let Lookup::Live(r) = &mut e.lookup {
+                // Copied only if a request still holds the record.
+                let r = Arc::make_mut(r);
                 r.last_seen_at = now;
                 r.expires_at = expires_at;
             }
@@ -219,7 +221,7 @@ impl SessionStore for CachedStore {
         let r = self.inner.rotate(old, new, rotation).await;
         match &r {
             Ok(RotateOutcome::Rotated(rec)) => {
-                self.put(*new, Lookup::Live(rec.clone()));
+                self.put(*new, Lookup::Live(Arc::new(rec.clone())));
                 self.put(
                     *old,
                     transition::tombstone(rotation.old_becomes, *new).lookup(),

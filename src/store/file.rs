@@ -423,7 +423,7 @@ impl SessionStore for FileStore {
             else {
                 return Ok(RotateOutcome::OldGone);
             };
-            s.put(&new, &Entry::Live(rotated.record.clone()))?;
+            s.put(&new, &Entry::Live(Arc::new(rotated.record.clone())))?;
             s.put(&old, &rotated.old)?;
             Ok(RotateOutcome::Rotated(rotated.record))
         })
@@ -664,7 +664,7 @@ impl From<StoredRecord> for SessionRecord {
 
 fn encode(key: &SessionKey, entry: &Entry) -> Result<String, StoreError> {
     let stored = match entry {
-        Entry::Live(r) => Stored::Live(r.into()),
+        Entry::Live(r) => Stored::Live((&**r).into()),
         Entry::Grace { successor, until } => Stored::Grace {
             successor: successor.hex(),
             until: to_disk(*until),
@@ -687,7 +687,7 @@ fn decode(key: &SessionKey, text: &str) -> Result<Entry, StoreError> {
 fn decode_value(text: &str) -> Result<Entry, String> {
     let stored: Stored = toml::from_str(text).map_err(|e| e.message().to_owned())?;
     Ok(match stored {
-        Stored::Live(r) => Entry::Live(r.into()),
+        Stored::Live(r) => Entry::Live(Arc::new(r.into())),
         Stored::Grace { successor, until } => Entry::Grace {
             successor: SessionKey::from_hex(&successor)
                 .ok_or_else(|| "the successor is not a session key".to_owned())?,
@@ -756,9 +756,9 @@ mod tests {
         empty.subject = None;
         empty.authenticated_at = None;
         let entries = [
-            Entry::Live(record()),
-            Entry::Live(extreme),
-            Entry::Live(empty),
+            Entry::Live(Arc::new(record())),
+            Entry::Live(Arc::new(extreme)),
+            Entry::Live(Arc::new(empty)),
             Entry::Grace {
                 successor: key(0xab),
                 until: u64::MAX,
@@ -808,7 +808,10 @@ mod tests {
             }
         };
         let store = FileStore::open(&path).unwrap();
-        assert_eq!(store.load(&key(2)).await.unwrap(), Lookup::Live(rotated));
+        assert_eq!(
+            store.load(&key(2)).await.unwrap(),
+            Lookup::Live(Arc::new(rotated))
+        );
         assert_eq!(
             store.load(&key(1)).await.unwrap(),
             Lookup::Grace {

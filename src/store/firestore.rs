@@ -135,7 +135,7 @@ impl Doc {
     fn into_entry(self, key: &SessionKey) -> Result<Entry, StoreError> {
         let corrupt = |what: &str| StoreError::Corrupt(format!("session {key}: {what}"));
         Ok(match self.state {
-            State::Live => Entry::Live(SessionRecord {
+            State::Live => Entry::Live(Arc::new(SessionRecord {
                 authenticated: self.authenticated,
                 subject: self.subject,
                 vault: self.vault,
@@ -149,7 +149,7 @@ impl Doc {
                     owner: self.login_claim_owner.unwrap_or(0),
                     until,
                 }),
-            }),
+            })),
             State::Grace => Entry::Grace {
                 successor: self
                     .successor
@@ -412,7 +412,9 @@ impl SessionStore for FirestoreStore {
                         .in_col(&collection)
                         .precondition(FirestoreWritePrecondition::Exists(false))
                         .document_id(new.hex())
-                        .object(&Doc::from_entry(&Entry::Live(rotated.record.clone())))
+                        .object(&Doc::from_entry(&Entry::Live(Arc::new(
+                            rotated.record.clone(),
+                        ))))
                         .add_to_transaction(tx)
                         .map_err(in_tx)?;
                     db.fluent()

@@ -9,6 +9,8 @@
 //! then swap the old key for its tombstone only if its version is unchanged, retrying
 //! otherwise.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use dashmap::mapref::entry::Entry as MapEntry;
 
@@ -90,7 +92,7 @@ impl MemoryStore {
     }
 
     /// The key's record if it is live (synchronous: for stores layered on this one).
-    pub fn live(&self, key: &SessionKey) -> Option<SessionRecord> {
+    pub fn live(&self, key: &SessionKey) -> Option<Arc<SessionRecord>> {
         match self.map.get(key).as_deref() {
             Some(Entry::Live(r)) => Some(r.clone()),
             _ => None,
@@ -193,7 +195,7 @@ impl SessionStore for MemoryStore {
             match self.map.entry(*new) {
                 MapEntry::Occupied(_) => return Err(StoreError::Conflict),
                 MapEntry::Vacant(v) => {
-                    v.insert(Entry::Live(rotated.record.clone()));
+                    v.insert(Entry::Live(Arc::new(rotated.record.clone())));
                 }
             }
             let swapped = match self.map.get_mut(old).as_deref_mut() {

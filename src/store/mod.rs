@@ -19,6 +19,8 @@ pub(crate) mod instrumented;
 pub mod memory;
 pub mod transition;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -134,7 +136,8 @@ impl RevokeReason {
 /// What a key currently stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    Live(SessionRecord),
+    /// Shared, not copied: a load on every request must not clone the vault.
+    Live(Arc<SessionRecord>),
     /// Rotated periodically; still usable until `until`, on the successor's record.
     Grace {
         successor: SessionKey,
@@ -148,7 +151,7 @@ pub enum Lookup {
 /// a tombstone is kept. [`transition`] decides each operation over it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Entry {
-    Live(SessionRecord),
+    Live(Arc<SessionRecord>),
     Grace {
         successor: SessionKey,
         until: u64,

@@ -8,6 +8,8 @@
 //! functions only keep the record's own invariants: a tombstone is never revived, a
 //! claim is released only by its owner, the version counts content changes.
 
+use std::sync::Arc;
+
 use super::{Claim, Entry, LoginClaim, OldKey, RevokeReason, Rotation, SessionRecord, StoreError};
 use crate::session::SessionKey;
 use crate::vault::VaultChange;
@@ -31,7 +33,7 @@ impl<T> Step<T> {
 
 fn live(current: Option<&Entry>) -> Option<&SessionRecord> {
     match current {
-        Some(Entry::Live(r)) => Some(r),
+        Some(Entry::Live(r)) => Some(&**r),
         _ => None,
     }
 }
@@ -42,7 +44,7 @@ pub(crate) fn create(occupied: bool, record: &SessionRecord) -> Result<Entry, St
     if occupied {
         return Err(StoreError::Conflict);
     }
-    Ok(Entry::Live(record.clone()))
+    Ok(Entry::Live(Arc::new(record.clone())))
 }
 
 /// `merge_vault`: the changes applied per cookie name and path, activity recorded, a
@@ -62,7 +64,7 @@ pub(crate) fn merge_vault(
     r.expires_at = expires_at;
     r.version = r.version.saturating_add(1);
     Step {
-        write: Some(Entry::Live(r.clone())),
+        write: Some(Entry::Live(Arc::new(r.clone()))),
         answer: Some(r),
     }
 }
@@ -77,7 +79,7 @@ pub(crate) fn touch(current: Option<&Entry>, now: u64, expires_at: u64) -> Step<
     r.expires_at = expires_at;
     Step {
         answer: (),
-        write: Some(Entry::Live(r)),
+        write: Some(Entry::Live(Arc::new(r))),
     }
 }
 
@@ -94,7 +96,7 @@ pub(crate) fn claim_login(current: Option<&Entry>, claim: LoginClaim, now: u64) 
     r.version = r.version.saturating_add(1);
     Step {
         answer: Claim::Claimed,
-        write: Some(Entry::Live(r)),
+        write: Some(Entry::Live(Arc::new(r))),
     }
 }
 
@@ -108,7 +110,7 @@ pub(crate) fn release_login(current: Option<&Entry>, owner: u64) -> Step<()> {
             r.version = r.version.saturating_add(1);
             Step {
                 answer: (),
-                write: Some(Entry::Live(r)),
+                write: Some(Entry::Live(Arc::new(r))),
             }
         }
         _ => Step::unchanged(()),
@@ -214,7 +216,7 @@ mod tests {
     fn release_clears_only_the_owners_claim() {
         let mut r = rec();
         r.login_claim = Some(claim(7, 100));
-        let held = Entry::Live(r.clone());
+        let held = Entry::Live(Arc::new(r.clone()));
         assert_eq!(release_login(Some(&held), 8), Step::unchanged(()));
         let released = release_login(Some(&held), 7);
         let Some(Entry::Live(after)) = released.write else {
@@ -222,14 +224,17 @@ mod tests {
         };
         assert_eq!(after.login_claim, None);
         assert_eq!(after.version, r.version + 1);
-        assert_eq!(release_login(Some(&Entry::Live(rec())), 7).write, None);
+        assert_eq!(
+            release_login(Some(&Entry::Live(Arc::new(rec()))), 7).write,
+            None
+        );
     }
 
     #[test]
     fn a_claim_is_busy_until_it_runs_out() {
         let mut r = rec();
         r.login_claim = Some(claim(7, 100));
-        let held = Entry::Live(r);
+        let held = Entry::Live(Arc::new(r));
         assert_eq!(
             claim_login(Some(&held), claim(8, 200), 99).answer,
             Claim::Busy
@@ -263,7 +268,7 @@ mod tests {
             },
         };
         let Ok(Some(rotated)) = rotate(
-            Some(&Entry::Live(r)),
+            Some(&Entry::Live(Arc::new(r))),
             false,
             &SessionKey([2; 32]),
             &rotation,
